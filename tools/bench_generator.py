@@ -1,0 +1,298 @@
+"""Time the generator (and a G/D training step) on random or checkpoint weights; print one JSON object.
+
+    python tools/bench_generator.py --config fixture-small --batch 4
+    python tools/bench_generator.py --network ckpt.safetensors --device cuda --iters 10
+    python tools/bench_generator.py --config tiny --mode train-step --batch 2
+
+Modes:
+
+* ``forward``: ``G.mapping`` + ``G.apply_delta_c`` + ``G.synthesis`` under ``torch.no_grad`` (what
+  ``gen_samples.py`` pays per batch).
+* ``train-step``: a G-side step (G forward with grad, D on the fake, backward of softplus(-D) into
+  G and D) followed by a D step on the detached fake (backward through D only). Both are timed
+  separately; ``times_s`` is their sum per iteration. No optimizer update, no regularizers.
+
+Memory: on CUDA ``peak_memory_mb`` is ``torch.cuda.max_memory_allocated`` over the timed section
+(tensors only, not the caching allocator's reserve). On CPU it is the *process* peak resident set
+size (``getrusage(RUSAGE_SELF).ru_maxrss``; Python, torch, the weights and everything else in
+the process included), and ``peak_memory_increase_mb`` is that peak minus the resident set size
+just before the warm-up, i.e. the working memory of the benchmarked call. ru_maxrss is a
+high-water mark over the process's life, so if something before the benchmark (network
+construction, checkpoint loading) peaked higher, the increase is an upper bound;
+``memory.peak_reached_in_benchmark`` says whether the benchmark itself raised the mark.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from typing import Any, Callable, Dict, List, Optional
+
+import click
+
+try:
+    import spherehead  # noqa: F401
+except ImportError:  # run from a checkout without installing: put the repo root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+import torch.nn.functional as F
+
+from spherehead.camera import make_label
+
+MODES = ("forward", "train-step")
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # non-fp32 = torch.autocast
+DEFAULT_CONFIG = "fixture-small"
+
+
+# ----------------------------------------------------------------------------- setup
+
+def _preset_names() -> List[str]:
+    from spherehead.networks.presets import PRESETS
+    return list(PRESETS)
+
+
+def _resolve_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"--device: cannot parse {device!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but torch.cuda.is_available() is False on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: only 'cpu' and 'cuda[:i]' are supported, got {device!r}")
+    return dev
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _load_networks(config: Optional[str], network: Optional[str], dev: torch.device):
+    """(G, D, source dict) from a preset (random weights, seed 0) or a checkpoint (its G_ema and D)."""
+    if config is not None and network is not None:
+        raise ValueError("give either --config or --network, not both")
+    if network is not None:
+        import spherehead
+        nets = spherehead.load_network(network, device=dev)  # CheckpointError (a ValueError) for bad files
+        if "G_ema" not in nets and "G" not in nets:
+            raise ValueError(f"{network}: the checkpoint holds no generator (G_ema or G)")
+        return nets.get("G_ema", nets.get("G")), nets.get("D"), {"network": os.fspath(network)}
+    from spherehead.networks.presets import build_preset
+    name = DEFAULT_CONFIG if config is None else config
+    G, D = build_preset(name, seed=0)  # ValueError for an unknown name
+    return G.to(dev), D.to(dev), {"config": name}
+
+
+def _read_rss_mb() -> Optional[float]:
+    """Current resident set size of this process in MiB (Linux /proc), None where unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _maxrss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+# ----------------------------------------------------------------------------- the timed steps
+
+def _forward_step(G, z, c, nrr) -> Callable[[], Dict[str, float]]:
+    def step():
+        with torch.no_grad():
+            ws = G.mapping(z, c, truncation_psi=1)
+            c_render, _ = G.apply_delta_c(z, c)
+            G.synthesis(ws, c_render, neural_rendering_resolution=nrr, noise_mode="const")
+        return {}
+    return step
+
+
+def _train_step(G, D, z, c, nrr, sync) -> Callable[[], Dict[str, float]]:
+    params = [p for p in list(G.parameters()) + list(D.parameters())]
+
+    def step():
+        for p in params:
+            p.grad = None
+        t0 = time.perf_counter()
+        ws = G.mapping(z, c, truncation_psi=1)
+        c_render, _ = G.apply_delta_c(z, c)
+        fake = G.synthesis(ws, c_render, neural_rendering_resolution=nrr, noise_mode="const")
+        F.softplus(-D(fake, c)).mean().backward()  # non-saturating G loss (§6)
+        sync()
+        t1 = time.perf_counter()
+        detached = {k: v.detach() for k, v in fake.items()}
+        F.softplus(D(detached, c)).mean().backward()  # D loss on fakes: backward through D only
+        sync()
+        t2 = time.perf_counter()
+        return {"g_step": t1 - t0, "d_step": t2 - t1}
+    return step
+
+
+# ----------------------------------------------------------------------------- library entry point
+
+def benchmark(config: Optional[str] = None, network: Optional[str] = None, device: str = "cpu", batch: int = 1,
+              iters: int = 3, warmup: int = 1, neural_rendering_resolution: Optional[int] = None,
+              dtype: str = "fp32", mode: str = "forward", threads: Optional[int] = None) -> Dict[str, Any]:
+    """Benchmark one generator; returns the JSON-ready result dict (see the module docstring).
+
+    ``config`` is a preset name (random weights, seed 0; 'fixture-small' when neither ``config``
+    nor ``network`` is given), ``network`` a checkpoint path. ``dtype`` other than 'fp32' runs the
+    steps under ``torch.autocast``. Raises ValueError for bad arguments or unreadable files.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    if batch < 1 or iters < 1 or warmup < 0:
+        raise ValueError(f"need batch >= 1, iters >= 1, warmup >= 0; got {batch}, {iters}, {warmup}")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    dev = _resolve_device(device)
+    G, D, source = _load_networks(config, network, dev)
+    if mode == "train-step" and D is None:
+        raise ValueError(f"{network}: --mode train-step needs a discriminator, the checkpoint has none")
+    nrr = int(neural_rendering_resolution or G.neural_rendering_resolution)
+    if nrr < 1:
+        raise ValueError(f"neural rendering resolution must be >= 1, got {nrr}")
+
+    torch.manual_seed(0)
+    z = torch.randn(batch, G.z_dim).to(dev)
+    c = make_label(0.0, 0.0).repeat(batch, 1).to(dev)  # frontal camera at the default radius
+    is_cuda = dev.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(dev)) if is_cuda else (lambda: None)
+    if mode == "forward":
+        G.eval()
+        step = _forward_step(G, z, c, nrr)
+    else:
+        G.train().requires_grad_(True)
+        D.train().requires_grad_(True)
+        step = _train_step(G, D, z, c, nrr, sync)
+    autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if DTYPES[dtype] is not None else nullcontext()
+
+    rss_start, maxrss_start = _read_rss_mb(), _maxrss_mb()
+    with autocast:
+        for _ in range(warmup):
+            step()
+        sync()
+        if is_cuda:
+            mem_start = torch.cuda.memory_allocated(dev) / 2 ** 20
+            torch.cuda.reset_peak_memory_stats(dev)
+        times, parts = [], {}
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            split = step()
+            sync()
+            times.append(time.perf_counter() - t0)
+            for key, value in split.items():
+                parts.setdefault(key, []).append(value)
+
+    median = statistics.median(times)
+    result = {"tool": "bench_generator", **source, "device": str(dev), "device_name": _device_name(dev),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": batch,
+              "img_resolution": int(G.img_resolution), "neural_rendering_resolution": nrr,
+              "depth_resolution": G.rendering.depth_resolution,
+              "depth_resolution_importance": G.rendering.depth_resolution_importance,
+              "mode": mode, "dtype": dtype, "warmup": warmup, "iters": iters,
+              "times_s": [round(t, 6) for t in times], "median_s": round(median, 6),
+              "images_per_s": round(batch / median, 4)}
+    for key, values in parts.items():
+        result[f"{key}_times_s"] = [round(t, 6) for t in values]
+        result[f"{key}_median_s"] = round(statistics.median(values), 6)
+    if is_cuda:
+        peak = torch.cuda.max_memory_allocated(dev) / 2 ** 20
+        result.update(peak_memory_mb=round(peak, 1), peak_memory_increase_mb=round(peak - mem_start, 1),
+                      peak_memory_kind="cuda-max-memory-allocated (timed section; increase over tensors "
+                                       "allocated before it)")
+    else:
+        maxrss_end = _maxrss_mb()
+        base = rss_start if rss_start is not None else maxrss_start
+        result.update(peak_memory_mb=round(maxrss_end, 1), peak_memory_increase_mb=round(max(0.0, maxrss_end - base), 1),
+                      peak_memory_kind="cpu-process-peak-rss (getrusage ru_maxrss; increase over the RSS before "
+                                       "warm-up)",
+                      memory={"rss_before_mb": None if rss_start is None else round(rss_start, 1),
+                              "peak_rss_before_mb": round(maxrss_start, 1),
+                              "peak_rss_after_mb": round(maxrss_end, 1),
+                              "peak_reached_in_benchmark": maxrss_end > maxrss_start})
+    return result
+
+
+def write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
+    """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and a rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=".json.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------- CLI
+
+@click.command(context_settings={"show_default": True})
+@click.option("--config", type=click.Choice(_preset_names()), default=None, show_default=DEFAULT_CONFIG,
+              help="Network preset with random weights (seed 0).")
+@click.option("--network", type=str, default=None, metavar="PATH",
+              help="Checkpoint to benchmark (native .safetensors or upstream pickle); excludes --config.")
+@click.option("--device", type=str, default="cpu", help="'cpu' or 'cuda[:i]'.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, help="Images per call.")
+@click.option("--iters", type=click.IntRange(min=1), default=3, help="Timed iterations.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, help="Untimed iterations first.")
+@click.option("--neural-rendering-resolution", type=click.IntRange(min=1), default=None,
+              show_default="the network's", help="Rendering resolution before superresolution.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, show_default="torch's default",
+              help="torch.set_num_threads.")
+@click.option("--mode", type=click.Choice(MODES), default="forward",
+              help="'forward' (no grad) or 'train-step' (G step + D step, each timed).")
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32",
+              help="fp32, or bf16/fp16 under torch.autocast.")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write the JSON to this file (atomically).")
+def main(config, network, device, batch, iters, warmup, neural_rendering_resolution, threads, mode, dtype, out):
+    """Benchmark the SphereHead generator; prints one JSON object."""
+    if config is not None and network is not None:
+        raise click.ClickException("give either --config or --network, not both")
+    if network is not None and not os.path.isfile(network):
+        raise click.ClickException(f"--network {network}: no such file")
+    if out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise click.ClickException(f"--out {out}: the folder does not exist")
+    try:
+        result = benchmark(config=config, network=network, device=device, batch=batch, iters=iters, warmup=warmup,
+                           neural_rendering_resolution=neural_rendering_resolution, dtype=dtype, mode=mode,
+                           threads=threads)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, indent=2))
+    if out is not None:
+        write_json_atomic(out, result)
+
+
+if __name__ == "__main__":
+    main()
