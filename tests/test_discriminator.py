@@ -85,3 +85,24 @@ def test_wrong_inputs_are_clear_errors():
         D(bad, _c())
     with pytest.raises(TypeError, match="unexpected"):
         MaskDualDiscriminatorV2(**_kwargs(), bogus=1)
+
+
+@pytest.mark.parametrize("cls,extra", [(HoloDiscriminator, {"parsing_channels": 20}), (DualDiscriminator, None)])
+def test_upstream_round_trip(cls, extra, tmp_path):
+    import spherehead
+    from spherehead.legacy_writer import write_upstream_snapshot
+    from spherehead.networks.presets import build_preset
+    from spherehead.networks.registry import network_spec
+    kw = _kwargs(**(extra or {}))
+    if extra is None:
+        kw = {k: v for k, v in kw.items() if k not in ("seg_resolution", "seg_channels")}
+    torch.manual_seed(0)
+    D = cls(**kw).eval()
+    G, _ = build_preset("tiny")
+    path = tmp_path / "snap.pkl"
+    write_upstream_snapshot(path, {"G_ema": G, "D": D}, {"G_ema": network_spec(G), "D": network_spec(D)})
+    D2 = spherehead.load_network(path)["D"]
+    assert type(D2) is cls
+    imgs = _imgs(parsing=True)
+    with torch.no_grad():
+        assert torch.equal(D(imgs, _c()), D2(imgs, _c()))

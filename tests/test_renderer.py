@@ -150,3 +150,17 @@ def test_chunked_evaluation_is_identical():
         chunked = ImportanceRenderer(chunk_points=96).run_model(planes, dec, pts, None, _opts())
     for k in whole:
         assert torch.equal(whole[k], chunked[k])
+
+
+def test_density_noise_perturbs_raw_sigma_only_when_set():
+    torch.manual_seed(0)
+    from spherehead.networks.decoder import OSGDecoder
+    dec = OSGDecoder(32, {"decoder_output_dim": 32})
+    planes, pts = torch.randn(1, 2, 3, 32, 8, 8), torch.rand(1, 500, 3) - 0.5
+    r = ImportanceRenderer()
+    with torch.no_grad():
+        clean = r.run_model(planes, dec, pts, None, _opts())
+        noisy = r.run_model(planes, dec, pts, None, _opts(density_noise=0.5))
+    diff = noisy["sigma"] - clean["sigma"]
+    assert torch.equal(noisy["rgb"], clean["rgb"])
+    assert 0.4 < float(diff.std()) < 0.6 and abs(float(diff.mean())) < 0.1  # N(0, 1)·0.5

@@ -8,18 +8,20 @@ Modes:
 
 * ``forward``: ``G.mapping`` + ``G.apply_delta_c`` + ``G.synthesis`` under ``torch.no_grad`` (what
   ``gen_samples.py`` pays per batch).
-* ``train-step``: a G-side step (G forward with grad, D on the fake, backward of softplus(-D) into
-  G and D) followed by a D step on the detached fake (backward through D only). Both are timed
-  separately; ``times_s`` is their sum per iteration. No optimizer update, no regularizers.
+* ``train-step``: a G-side step (G forward with grad, D on the fake, backward of softplus(-D)
+  through D into G; D's parameters frozen, as in the training loop's G phase) followed by a D step
+  on the detached fake (backward through D only). Both are timed separately (``g_step_*``,
+  ``d_step_*``); ``times_s`` is their sum. No optimizer update, no regularizers, no real images.
 
 Memory: on CUDA ``peak_memory_mb`` is ``torch.cuda.max_memory_allocated`` over the timed section
-(tensors only, not the caching allocator's reserve). On CPU it is the *process* peak resident set
-size (``getrusage(RUSAGE_SELF).ru_maxrss``; Python, torch, the weights and everything else in
-the process included), and ``peak_memory_increase_mb`` is that peak minus the resident set size
-just before the warm-up, i.e. the working memory of the benchmarked call. ru_maxrss is a
-high-water mark over the process's life, so if something before the benchmark (network
-construction, checkpoint loading) peaked higher, the increase is an upper bound;
-``memory.peak_reached_in_benchmark`` says whether the benchmark itself raised the mark.
+(tensors only, not the caching allocator's reserve) and ``peak_memory_increase_mb`` its excess over
+the tensors allocated before it. On CPU ``peak_memory_mb`` is the *process* peak resident set size
+(``getrusage(RUSAGE_SELF).ru_maxrss``: Python, torch, the weights and everything else in the
+process), and ``peak_memory_increase_mb`` is that peak minus the resident set size just before the
+warm-up, i.e. the working memory of warm-up + timed calls, one-time caches included. ru_maxrss is a
+high-water mark over the process's life, so if something earlier (network construction, checkpoint
+loading) peaked higher, the increase is an upper bound; ``memory.peak_reached_in_benchmark`` says
+whether the benchmark itself raised the mark.
 """
 from __future__ import annotations
 
@@ -129,18 +131,22 @@ def _forward_step(G, z, c, nrr) -> Callable[[], Dict[str, float]]:
 
 
 def _train_step(G, D, z, c, nrr, sync) -> Callable[[], Dict[str, float]]:
-    params = [p for p in list(G.parameters()) + list(D.parameters())]
-
+    """Like the training loop's phases: only the phase's own network requires grad (so the G step
+    computes no D parameter gradients, and the D step none of G's)."""
     def step():
-        for p in params:
+        for p in list(G.parameters()) + list(D.parameters()):
             p.grad = None
         t0 = time.perf_counter()
+        G.requires_grad_(True)
+        D.requires_grad_(False)
         ws = G.mapping(z, c, truncation_psi=1)
         c_render, _ = G.apply_delta_c(z, c)
         fake = G.synthesis(ws, c_render, neural_rendering_resolution=nrr, noise_mode="const")
-        F.softplus(-D(fake, c)).mean().backward()  # non-saturating G loss (§6)
+        F.softplus(-D(fake, c)).mean().backward()  # non-saturating G loss, gradient flows through D into G
         sync()
         t1 = time.perf_counter()
+        G.requires_grad_(False)
+        D.requires_grad_(True)
         detached = {k: v.detach() for k, v in fake.items()}
         F.softplus(D(detached, c)).mean().backward()  # D loss on fakes: backward through D only
         sync()
@@ -181,34 +187,18 @@ def benchmark(config: Optional[str] = None, network: Optional[str] = None, devic
     torch.manual_seed(0)
     z = torch.randn(batch, G.z_dim).to(dev)
     c = make_label(0.0, 0.0).repeat(batch, 1).to(dev)  # frontal camera at the default radius
-    is_cuda = dev.type == "cuda"
-    sync = (lambda: torch.cuda.synchronize(dev)) if is_cuda else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     if mode == "forward":
         G.eval()
         step = _forward_step(G, z, c, nrr)
     else:
-        G.train().requires_grad_(True)
-        D.train().requires_grad_(True)
+        G.train()
+        D.train()
         step = _train_step(G, D, z, c, nrr, sync)
     autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if DTYPES[dtype] is not None else nullcontext()
 
-    rss_start, maxrss_start = _read_rss_mb(), _maxrss_mb()
     with autocast:
-        for _ in range(warmup):
-            step()
-        sync()
-        if is_cuda:
-            mem_start = torch.cuda.memory_allocated(dev) / 2 ** 20
-            torch.cuda.reset_peak_memory_stats(dev)
-        times, parts = [], {}
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            split = step()
-            sync()
-            times.append(time.perf_counter() - t0)
-            for key, value in split.items():
-                parts.setdefault(key, []).append(value)
-
+        times, parts, memory = _timed(step, warmup, iters, sync, dev)
     median = statistics.median(times)
     result = {"tool": "bench_generator", **source, "device": str(dev), "device_name": _device_name(dev),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": batch,
@@ -221,22 +211,46 @@ def benchmark(config: Optional[str] = None, network: Optional[str] = None, devic
     for key, values in parts.items():
         result[f"{key}_times_s"] = [round(t, 6) for t in values]
         result[f"{key}_median_s"] = round(statistics.median(values), 6)
+    result.update(memory)
+    return result
+
+
+def _timed(step: Callable[[], Dict[str, float]], warmup: int, iters: int, sync: Callable[[], None],
+           dev: torch.device):
+    """Run ``warmup`` untimed and ``iters`` timed steps -> (times, {part: times}, memory fields)."""
+    is_cuda = dev.type == "cuda"
+    rss_start, maxrss_start = _read_rss_mb(), _maxrss_mb()
+    for _ in range(warmup):
+        step()
+    sync()
+    if is_cuda:
+        mem_start = torch.cuda.memory_allocated(dev) / 2 ** 20
+        torch.cuda.reset_peak_memory_stats(dev)
+    times, parts = [], {}
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        split = step()
+        sync()
+        times.append(time.perf_counter() - t0)
+        for key, value in split.items():
+            parts.setdefault(key, []).append(value)
     if is_cuda:
         peak = torch.cuda.max_memory_allocated(dev) / 2 ** 20
-        result.update(peak_memory_mb=round(peak, 1), peak_memory_increase_mb=round(peak - mem_start, 1),
-                      peak_memory_kind="cuda-max-memory-allocated (timed section; increase over tensors "
+        memory = dict(peak_memory_mb=round(peak, 1), peak_memory_increase_mb=round(peak - mem_start, 1),
+                      peak_memory_kind="cuda-max-memory-allocated (timed section; increase over the tensors "
                                        "allocated before it)")
     else:
         maxrss_end = _maxrss_mb()
         base = rss_start if rss_start is not None else maxrss_start
-        result.update(peak_memory_mb=round(maxrss_end, 1), peak_memory_increase_mb=round(max(0.0, maxrss_end - base), 1),
-                      peak_memory_kind="cpu-process-peak-rss (getrusage ru_maxrss; increase over the RSS before "
-                                       "warm-up)",
+        memory = dict(peak_memory_mb=round(maxrss_end, 1),
+                      peak_memory_increase_mb=round(max(0.0, maxrss_end - base), 1),
+                      peak_memory_kind="cpu-process-peak-rss (getrusage ru_maxrss; increase over the RSS "
+                                       "before warm-up)",
                       memory={"rss_before_mb": None if rss_start is None else round(rss_start, 1),
                               "peak_rss_before_mb": round(maxrss_start, 1),
                               "peak_rss_after_mb": round(maxrss_end, 1),
                               "peak_reached_in_benchmark": maxrss_end > maxrss_start})
-    return result
+    return times, parts, memory
 
 
 def write_json_atomic(path: str, obj: Dict[str, Any]) -> None:

@@ -92,8 +92,15 @@ def _spherical_sample_ref(planes, coords, box_warp, reduce):
         sph = sphere_coordinates(torch.matmul(q, rot[s].t()))  # row vectors times Rᵀ = R·q
         grid = plane_grids(sph).reshape(n * n_planes, 1, m, 2).to(planes.dtype)
         out = F.grid_sample(planes[:, s].reshape(n * n_planes, c, h, w), grid, mode="bilinear",
-                            padding_mode="zeros", align_corners=False)  # [N·3, C, 1, M]
-        feats.append(out.permute(0, 3, 2, 1).reshape(n, n_planes, m, c))
-        weights.append(blend_weight(sph).to(planes.dtype).reshape(n, 1, m, 1))
+                            padding_mode="zeros", align_corners=False).view(n, n_planes, c, m)
+        weight = blend_weight(sph).to(planes.dtype)
+        if reduce == "mean":
+            # The blend weight is shared by the planes, so averaging the planes first is the same
+            # function and keeps only [N, C, M] per sphere alive instead of [N, 3, M, C].
+            feats.append(out.mean(1))
+            weights.append(weight.reshape(n, 1, m))
+        else:
+            feats.append(out.permute(0, 1, 3, 2))
+            weights.append(weight.reshape(n, 1, m, 1))
     fused = (feats[0] * weights[0] + feats[1] * weights[1]) / (weights[0] + weights[1] + FUSION_EPS)
-    return fused.mean(1) if reduce == "mean" else fused
+    return fused.permute(0, 2, 1) if reduce == "mean" else fused.contiguous()
