@@ -144,6 +144,10 @@ class DualDiscriminator(nn.Module):
         if extra:
             raise TypeError(f"{type(self).__name__}: unexpected argument(s) {', '.join(sorted(extra))}")
 
+    def input_keys(self) -> tuple:
+        """The keys of the image dict this discriminator reads."""
+        return ("image", "image_raw")
+
     def input_channels(self, img: dict) -> list:
         """The image tensors concatenated as D input, all at the ``image`` resolution."""
         size = img["image"].shape[-1]
@@ -174,6 +178,9 @@ class MaskDualDiscriminatorV2(DualDiscriminator):
         self.EXTRA_CHANNELS = seg_channels
         super()._configure(**extra)
 
+    def input_keys(self) -> tuple:
+        return super().input_keys() + ("image_mask",)
+
     def input_channels(self, img: dict) -> list:
         size = img["image"].shape[-1]
         return super().input_channels(img) + [2 * resize_to(img["image_mask"], size) - 1]
@@ -187,6 +194,9 @@ class HoloDiscriminator(MaskDualDiscriminatorV2):
         self.parsing_channels = parsing_channels
         super()._configure(**extra)
         self.EXTRA_CHANNELS = self.seg_channels + parsing_channels
+
+    def input_keys(self) -> tuple:
+        return super().input_keys() + ("image_parsing",)
 
     def input_channels(self, img: dict) -> list:
         size = img["image"].shape[-1]
