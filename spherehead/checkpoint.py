@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
 from .errors import CheckpointError
+from .fileio import write_bytes
 from .networks import registry
 
 FORMAT = "spherehead-native"
@@ -72,32 +72,6 @@ def _collect(nets: Mapping[str, torch.nn.Module], metadata: Optional[Mapping], p
     return tensors, header
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file + fsync + rename; on error the destination is untouched."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:   # make the rename itself durable; not every platform/filesystem allows this
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
 def save_network(path: str, G_ema: torch.nn.Module, D: Optional[torch.nn.Module] = None,
                  G: Optional[torch.nn.Module] = None, metadata: Optional[Mapping[str, Any]] = None) -> None:
     """Save networks in the native format (atomic write).
@@ -113,7 +87,7 @@ def save_network(path: str, G_ema: torch.nn.Module, D: Optional[torch.nn.Module]
     if G_ema is None:
         raise CheckpointError(f"{path}: G_ema is required")
     tensors, header = _collect({"G_ema": G_ema, "D": D, "G": G}, metadata, path)
-    _write_atomic(path, st_save(tensors, metadata=header))
+    write_bytes(path, st_save(tensors, metadata=header))
 
 
 # --------------------------------------------------------------------------------------------- reading

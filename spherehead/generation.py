@@ -3,9 +3,9 @@
 * Parsing user input: seed ranges ``0-3,7`` (:func:`parse_range`), lists of angles, grid sizes, devices,
   FOV or focal length; :class:`GenerationError` for bad input (the CLIs turn it into one line).
 * Turning network outputs into pictures: ``x·127.5 + 128`` clamped to uint8 (reference.md §1.5),
-  depth and mask visualisations, and a 20-colour palette for the parsing classes.
+  depth and mask visualisations, and the colours of the 20 parsing classes (spherehead/parsing.py).
 * Writing files atomically: every file is written under a temporary name in its destination folder
-  and renamed on success (:func:`atomic_path`), so a crash never leaves a half-written file under
+  and renamed on success (:func:`spherehead.fileio.atomic_path`), so a crash never leaves a half-written file under
   its final name. PNGs are encoded here with zlib, so writing images needs no optional package.
 * :func:`generate_samples`: images of each seed from a set of yaws, optional depth, mask, parsing
   and shapes.
@@ -29,23 +29,18 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import click
 import numpy as np
 import torch
+# The project's 20-class parsing taxonomy and its colours (class 0, background, is black).
+from spherehead.parsing import PALETTE as PARSING_PALETTE
 
 from . import camera
 from .errors import CheckpointError
+from .fileio import atomic_path, write_bytes
 
 # Upstream gen_samples renders at v = π/2 − 0.2, i.e. an elevation of asin(0.4/π) (reference.md §1.4-1.5).
-SAMPLE_PITCH_DEG = 7.3146
+SAMPLE_PITCH_DEG = 7.3150
 # Upstream's five gen_samples views (h = π/2 + {0, −45, −90, −135, −180}°) as our geometric yaws.
 DEFAULT_VIEWS = (0.0, -45.0, -90.0, -135.0, 180.0)
 MAX_SEED = 2 ** 32 - 1  # numpy RandomState accepts seeds in [0, 2^32)
-
-# 20 parsing classes (taxonomy unknown, reference.md §2.8): class 0 is drawn black (background), the
-# others in well-separated hues so neighbouring regions stay distinguishable.
-PARSING_PALETTE = np.array([
-    [0, 0, 0], [204, 0, 0], [76, 153, 0], [204, 204, 0], [51, 51, 255], [204, 0, 204], [0, 255, 255],
-    [255, 204, 204], [102, 51, 0], [255, 0, 0], [102, 204, 0], [255, 255, 0], [0, 0, 153], [0, 0, 204],
-    [255, 51, 153], [0, 204, 204], [0, 51, 0], [255, 153, 51], [0, 204, 0], [153, 153, 153],
-], dtype=np.uint8)
 
 
 class GenerationError(ValueError):
@@ -201,35 +196,7 @@ def make_shape_options(shapes: bool, shape_res: int, shape_level: float, shape_f
     return opts
 
 
-# ----- files -----
-
-@contextlib.contextmanager
-def atomic_path(path: str, suffix: str = ".tmp") -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success it is renamed to ``path``, on error removed.
-
-    ``suffix`` ends the temporary name (writers that pick a format from the extension need it)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=suffix)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_bytes(path: str, data: bytes) -> str:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename); returns ``path``."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    return path
-
+# ----- files (atomic writes live in spherehead.fileio) -----
 
 def _png_chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
@@ -339,12 +306,12 @@ def seed_latents(seeds: Sequence[int], z_dim: int, device) -> torch.Tensor:
     return torch.from_numpy(z).to(device=device, dtype=torch.float32)
 
 
-def conditioning_label(G, pose_cond: float, radius: Optional[float], device) -> torch.Tensor:
-    """Label ``[1, 25]`` for the mapping: yaw ``pose_cond`` degrees, level, training intrinsics.
+def conditioning_label(G, pose_cond: float, device) -> torch.Tensor:
+    """Label ``[1, 25]`` for the mapping: yaw ``pose_cond`` degrees, level, at the network's
+    ``avg_camera_radius`` with the training intrinsics, as upstream (§1.5) except for the FOV quirk.
 
-    The training focal is used whatever the render focal is, so zooming does not change the identity."""
-    r = G.rendering.avg_camera_radius if radius is None else radius
-    return camera.make_label(yaw=pose_cond, pitch=0.0, radius=r, degrees=True).to(device)
+    It does not follow the render radius or focal, so zooming does not change the identity."""
+    return camera.make_label(yaw=pose_cond, pitch=0.0, radius=G.rendering.avg_camera_radius, degrees=True).to(device)
 
 
 @contextlib.contextmanager
@@ -439,20 +406,19 @@ def generate_samples(G, outdir: str, opts: SampleOptions, progress: bool = True)
     _check_sample_options(G, opts)
     prepare_outdir(outdir)
     device = next(G.parameters()).device
-    c_cond = conditioning_label(G, opts.pose_cond, opts.radius, device)
+    c_cond = conditioning_label(G, opts.pose_cond, device)
     written: List[str] = []
-    bar = tqdm(total=len(opts.seeds) * len(opts.views), unit="view", disable=not progress)
-    for seed in opts.seeds:
-        bar.set_postfix_str(f"seed {seed}")
-        with rng_context(seed, device):
-            ws = G.mapping(seed_latents([seed], G.z_dim, device), c_cond,
-                           truncation_psi=opts.truncation_psi, truncation_cutoff=opts.truncation_cutoff)
-            out = _render_views(G, ws, opts, device)
-        written += _write_seed(G, out, seed, outdir, opts)
-        bar.update(len(opts.views))
-        if opts.shapes is not None:
-            from .shapes import export_shapes
-            written += export_shapes(G, ws, os.path.join(outdir, f"seed{seed:04d}", "shape"), opts.shapes,
-                                     progress=progress)
-    bar.close()
+    with tqdm(total=len(opts.seeds) * len(opts.views), unit="view", disable=not progress) as bar:
+        for seed in opts.seeds:
+            bar.set_postfix_str(f"seed {seed}")
+            with rng_context(seed, device):
+                ws = G.mapping(seed_latents([seed], G.z_dim, device), c_cond,
+                               truncation_psi=opts.truncation_psi, truncation_cutoff=opts.truncation_cutoff)
+                out = _render_views(G, ws, opts, device)
+            written += _write_seed(G, out, seed, outdir, opts)
+            bar.update(len(opts.views))
+            if opts.shapes is not None:
+                from .shapes import export_shapes
+                written += export_shapes(G, ws, os.path.join(outdir, f"seed{seed:04d}", "shape"), opts.shapes,
+                                         progress=progress)
     return written

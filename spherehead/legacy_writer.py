@@ -13,12 +13,13 @@ from __future__ import annotations
 import copyreg
 import os
 import pickle
-import tempfile
 from typing import Any, Dict, Mapping, Optional
 
 import torch
 
 from torch_utils.persistence import _reconstruct_persistent_obj
+
+from .fileio import atomic_path
 
 __all__ = ["write_upstream_snapshot"]
 
@@ -96,12 +97,6 @@ def write_upstream_snapshot(path, networks: Dict[str, torch.nn.Module], specs: D
     snapshot: Dict[str, Any] = {"training_set_kwargs": tsk}
     snapshot.update(networks)
     snapshot["augment_pipe"] = None
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pkl", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_path(path, suffix=".pkl") as tmp:
+        with open(tmp, "wb") as f:
             _UpstreamPickler(f, roots).dump(snapshot)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -36,7 +36,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .generation import GenerationError, atomic_path, require, to_uint8, write_bytes
+from .fileio import atomic_path, write_bytes
+from .generation import GenerationError, require, to_uint8
 
 MESH_FORMATS = ("ply", "obj", "glb")
 FORMATS = MESH_FORMATS + ("mrc",)

@@ -20,7 +20,6 @@ import contextlib
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Tuple
 
@@ -31,11 +30,12 @@ from . import camera
 from .generation import (PARSING_PALETTE, GenerationError, check_outdir, conditioning_label, depth_range,
                          depth_to_uint8, mask_to_uint8, parsing_to_index, prepare_outdir, require, rng_context,
                          seed_latents, to_uint8, write_png)
+from .fileio import temp_sibling
 from .rendering.ray_sampler import sample_rays
 
 MODES = ("image", "image_raw", "depth", "mask", "parsing", "normals")
-PITCH_OFFSET_DEG = 1.8238     # asin(0.1/π): upstream's v offset of −0.05 as an elevation (§1.5)
-PITCH_AMPLITUDE_DEG = 18.5601  # asin(1/π): upstream's v amplitude of 0.5 as an elevation (§1.5)
+PITCH_OFFSET_DEG = 1.8241     # asin(0.1/π): upstream's v offset of −0.05 as an elevation (§1.5)
+PITCH_AMPLITUDE_DEG = 18.5607  # asin(1/π): upstream's v amplitude of 0.5 as an elevation (§1.5)
 VIDEO_SUFFIXES = (".mp4",)
 NOT_A_FOLDER = (".avi", ".mov", ".mkv", ".webm", ".gif", ".png", ".jpg", ".jpeg")
 
@@ -137,9 +137,7 @@ class Mp4Writer:
 
     def __enter__(self):
         # The temporary name ends in .mp4 because ffmpeg picks the container from the extension.
-        fd, self._tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=f".{os.path.basename(self.path)}.",
-                                         suffix=".tmp.mp4")
-        os.close(fd)
+        self._tmp = temp_sibling(self.path, suffix=".tmp.mp4")
         try:
             self._writer = self.imageio.get_writer(self._tmp, format="FFMPEG", mode="I", fps=self.fps,
                                                    codec="libx264", bitrate=self.bitrate, pixelformat="yuv420p",
@@ -177,8 +175,7 @@ class PngFolderWriter:
         self._tmp = None
 
     def __enter__(self):
-        self._tmp = tempfile.mkdtemp(dir=os.path.dirname(self.path), prefix=f".{os.path.basename(self.path)}.",
-                                     suffix=".tmp")
+        self._tmp = temp_sibling(self.path, folder=True)
         return self
 
     def append(self, frame: np.ndarray) -> None:
@@ -196,7 +193,8 @@ class PngFolderWriter:
 
 
 def output_kind(path: str) -> str:
-    """'mp4' or 'png' (a folder of frames) for an output path; checks it without creating anything."""
+    """'mp4' or 'png' (a folder of frames) for an output path; checks it, and for mp4 that the writer
+    is installed, without creating anything."""
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
     if suffix in NOT_A_FOLDER:
@@ -205,6 +203,8 @@ def output_kind(path: str) -> str:
     kind = "mp4" if suffix in VIDEO_SUFFIXES else "png"
     if kind == "mp4" and os.path.isdir(path):
         raise GenerationError(f"{path}: is a folder; give the video file's path")
+    if kind == "mp4":
+        require("imageio_ffmpeg", "imageio-ffmpeg", "video", "mp4 output")
     if kind == "png" and os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise GenerationError(f"{path}: already exists; PNG frames go to a new or empty folder")
     return kind
@@ -287,7 +287,7 @@ def render_video(G, output: str, opts: VideoOptions, progress: bool = True) -> d
     prepare_outdir(os.path.dirname(os.path.abspath(output)))
     device = next(G.parameters()).device
     writer = Mp4Writer(output, opts.fps, opts.bitrate) if kind == "mp4" else PngFolderWriter(output)
-    c_cond = conditioning_label(G, opts.pose_cond, opts.radius, device)
+    c_cond = conditioning_label(G, opts.pose_cond, device)
     z = seed_latents(opts.seeds, G.z_dim, device)
     ws = G.mapping(z, c_cond.expand(len(z), -1), truncation_psi=opts.truncation_psi,
                    truncation_cutoff=opts.truncation_cutoff)

@@ -3,6 +3,7 @@
     python tools/bench_generator.py --config fixture-small --batch 4
     python tools/bench_generator.py --network ckpt.safetensors --device cuda --iters 10
     python tools/bench_generator.py --config tiny --mode train-step --batch 2
+    python tools/bench_generator.py --config released-512 --device cuda --impl ref   # reference ops only
 
 Modes:
 
@@ -12,6 +13,12 @@ Modes:
   through D into G; D's parameters frozen, as in the training loop's G phase) followed by a D step
   on the detached fake (backward through D only). Both are timed separately (``g_step_*``,
   ``d_step_*``); ``times_s`` is their sum. No optimizer update, no regularizers, no real images.
+
+Ops: ``impl`` picks the custom ops' implementation for the whole run: 'auto' (CUDA kernels where
+they build and pass their self-check, else the references), 'cuda' (fail unless every kernel is
+usable), 'ref' (pure-PyTorch references everywhere, switched in-process with
+``torch_utils.custom_ops.reference_ops``). The JSON records it (``ops_impl``) and each kernel's
+status (``kernels``).
 
 Memory: on CUDA ``peak_memory_mb`` is ``torch.cuda.max_memory_allocated`` over the timed section
 (tensors only, not the caching allocator's reserve) and ``peak_memory_increase_mb`` its excess over
@@ -49,6 +56,7 @@ import torch.nn.functional as F
 from spherehead.camera import make_label
 
 MODES = ("forward", "train-step")
+OPS_IMPLS = ("auto", "cuda", "ref")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # non-fp32 = torch.autocast
 DEFAULT_CONFIG = "fixture-small"
 
@@ -159,7 +167,8 @@ def _train_step(G, D, z, c, nrr, sync) -> Callable[[], Dict[str, float]]:
 
 def benchmark(config: Optional[str] = None, network: Optional[str] = None, device: str = "cpu", batch: int = 1,
               iters: int = 3, warmup: int = 1, neural_rendering_resolution: Optional[int] = None,
-              dtype: str = "fp32", mode: str = "forward", threads: Optional[int] = None) -> Dict[str, Any]:
+              dtype: str = "fp32", mode: str = "forward", threads: Optional[int] = None,
+              impl: str = "auto") -> Dict[str, Any]:
     """Benchmark one generator; returns the JSON-ready result dict (see the module docstring).
 
     ``config`` is a preset name (random weights, seed 0; 'fixture-small' when neither ``config``
@@ -168,6 +177,8 @@ def benchmark(config: Optional[str] = None, network: Optional[str] = None, devic
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if impl not in OPS_IMPLS:
+        raise ValueError(f"impl must be one of {OPS_IMPLS}, got {impl!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     if batch < 1 or iters < 1 or warmup < 0:
@@ -197,7 +208,7 @@ def benchmark(config: Optional[str] = None, network: Optional[str] = None, devic
         step = _train_step(G, D, z, c, nrr, sync)
     autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if DTYPES[dtype] is not None else nullcontext()
 
-    with autocast:
+    with _ops_context(impl, dev), autocast:
         times, parts, memory = _timed(step, warmup, iters, sync, dev)
     median = statistics.median(times)
     result = {"tool": "bench_generator", **source, "device": str(dev), "device_name": _device_name(dev),
@@ -205,14 +216,31 @@ def benchmark(config: Optional[str] = None, network: Optional[str] = None, devic
               "img_resolution": int(G.img_resolution), "neural_rendering_resolution": nrr,
               "depth_resolution": G.rendering.depth_resolution,
               "depth_resolution_importance": G.rendering.depth_resolution_importance,
-              "mode": mode, "dtype": dtype, "warmup": warmup, "iters": iters,
+              "mode": mode, "dtype": dtype, "ops_impl": impl, "warmup": warmup, "iters": iters,
               "times_s": [round(t, 6) for t in times], "median_s": round(median, 6),
               "images_per_s": round(batch / median, 4)}
     for key, values in parts.items():
         result[f"{key}_times_s"] = [round(t, 6) for t in values]
         result[f"{key}_median_s"] = round(statistics.median(values), 6)
     result.update(memory)
+    from torch_utils.custom_ops import cuda_ops_status
+    result["kernels"] = cuda_ops_status()
     return result
+
+
+def _ops_context(impl: str, dev: torch.device):
+    """The context the timed section runs in for ``impl`` (see the module docstring)."""
+    from torch_utils import custom_ops
+    if impl == "ref":
+        return custom_ops.reference_ops()
+    if impl == "cuda":
+        if dev.type != "cuda":
+            raise ValueError("--impl cuda needs --device cuda")
+        from torch_utils.ops import bias_act, spherical_sample, upfirdn2d
+        for mod in (bias_act, spherical_sample, upfirdn2d):
+            if not mod._KERNEL.is_available():
+                raise ValueError(f"--impl cuda: the {mod._KERNEL.op} kernel is unavailable: {mod._KERNEL.failure}")
+    return nullcontext()
 
 
 def _timed(step: Callable[[], Dict[str, float]], warmup: int, iters: int, sync: Callable[[], None],
@@ -287,9 +315,11 @@ def write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
               help="'forward' (no grad) or 'train-step' (G step + D step, each timed).")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32",
               help="fp32, or bf16/fp16 under torch.autocast.")
+@click.option("--impl", type=click.Choice(OPS_IMPLS), default="auto",
+              help="Custom ops: CUDA kernels when usable (auto), required (cuda), or the references (ref).")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the JSON to this file (atomically).")
-def main(config, network, device, batch, iters, warmup, neural_rendering_resolution, threads, mode, dtype, out):
+def main(config, network, device, batch, iters, warmup, neural_rendering_resolution, threads, mode, dtype, impl, out):
     """Benchmark the SphereHead generator; prints one JSON object."""
     if config is not None and network is not None:
         raise click.ClickException("give either --config or --network, not both")
@@ -300,7 +330,7 @@ def main(config, network, device, batch, iters, warmup, neural_rendering_resolut
     try:
         result = benchmark(config=config, network=network, device=device, batch=batch, iters=iters, warmup=warmup,
                            neural_rendering_resolution=neural_rendering_resolution, dtype=dtype, mode=mode,
-                           threads=threads)
+                           threads=threads, impl=impl)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(result, indent=2))

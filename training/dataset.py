@@ -10,7 +10,7 @@ Each item is a dict of numpy arrays (the default DataLoader collate turns them i
 * ``image``   uint8 ``[3, H, W]`` (RGB; the training loop maps it to x/127.5 − 1, §6.1)
 * ``label``   float32 ``[25]``, mirrored for flipped copies (§1.6); ``[0]`` when ``use_labels=False``
 * ``mask``    uint8 ``[1, H, W]`` 0..255, only when the dataset has masks and ``load_masks``
-* ``parsing`` uint8 ``[H, W]`` class indices 0..19 (training.parsing_classes), left/right classes
+* ``parsing`` uint8 ``[H, W]`` class indices 0..19 (spherehead.parsing), left/right classes
   swapped for flipped copies; only when the dataset has parsing maps and ``load_parsing``
 * ``xflip``   bool, ``raw_idx`` int64
 
@@ -29,7 +29,7 @@ import torch
 from spherehead.camera import MIRROR_INDICES, camera_yaw_pitch
 from training.dataset_io import DatasetError, decode_image, label_to_floats, open_layout, pair_by_stem, \
     parse_labels_json
-from training.parsing_classes import FLIP_LUT, NUM_CLASSES
+from spherehead.parsing import FLIP_LUT, NUM_CLASSES
 
 __all__ = ["HeadDataset"]
 
@@ -113,12 +113,12 @@ class HeadDataset(torch.utils.data.Dataset):
 
     def _check_sizes(self, resolution: Optional[int]) -> int:
         """All images square, one power-of-two size (read from the headers only)."""
-        import io
-
-        import PIL.Image
         want = resolution
         for fname in self._fnames:
-            w, h = PIL.Image.open(io.BytesIO(self._images.read(fname))).size
+            try:
+                w, h = self._images.size(fname)
+            except Exception as e:  # corrupt header: name the file instead of failing in a DataLoader later
+                raise DatasetError(f"{self._images.where(fname)}: cannot be read as an image ({e})") from None
             if w != h or (want is not None and w != want) or w & (w - 1):
                 expected = f"{want}x{want}" if want is not None else "a square power-of-two size"
                 raise DatasetError(f"{self._images.where(fname)}: image is {w}x{h}, expected {expected} "
@@ -220,13 +220,14 @@ class HeadDataset(torch.utils.data.Dataset):
         if img.size != (self._resolution, self._resolution):
             raise DatasetError(f"{part.where(name)}: {what} is {img.size[0]}x{img.size[1]}, "
                                f"expected {self._resolution}x{self._resolution}")
+        # np.array copies: arrays over Pillow buffers are read-only, which torch warns about when collating.
         if what == "an image":
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
         if what == "a mask":
-            return np.asarray(img.convert("L"))
+            return np.array(img.convert("L"))
         if img.mode not in ("L", "P"):
             raise DatasetError(f"{part.where(name)}: parsing map has mode {img.mode}, expected L or P")
-        return np.asarray(img)
+        return np.array(img)
 
     def __getitem__(self, idx: int) -> Dict[str, np.ndarray]:
         raw, flip = int(self._raw_idx[idx]), bool(self._xflip[idx])

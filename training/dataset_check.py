@@ -23,7 +23,7 @@ import numpy as np
 
 from training.dataset_io import (DatasetError, Layout, Part, decode_image, label_to_floats, open_layout,
                                  pair_by_stem, parse_labels_json, stem)
-from training.parsing_classes import NUM_CLASSES
+from spherehead.parsing import NUM_CLASSES
 
 ROT_TOL = 1e-3
 FIXED_TOL = 1e-4

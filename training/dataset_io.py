@@ -18,12 +18,13 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+
+from spherehead.fileio import temp_sibling
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 LABEL_FILE = "dataset.json"
@@ -80,6 +81,12 @@ class Source:
         with open(os.path.join(self.path, *name.split("/")), "rb") as f:
             return f.read()
 
+    def stream(self, name: str):
+        """A binary file object for ``name`` (lets Pillow read just an image header)."""
+        if self.kind == "zip":
+            return self._open().open(name)
+        return open(os.path.join(self.path, *name.split("/")), "rb")
+
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
@@ -100,6 +107,12 @@ class Part:
 
     def read(self, rel: str) -> bytes:
         return self.source.read(self.files[rel])
+
+    def size(self, rel: str) -> Tuple[int, int]:
+        """(width, height) of image ``rel`` from its header only."""
+        import PIL.Image
+        with self.source.stream(self.files[rel]) as f, PIL.Image.open(f) as img:
+            return img.size
 
     def where(self, rel: str) -> str:
         """Short name of file ``rel`` for messages: ``images/a.png``, ``masks/a.png``, ``a.png``."""
@@ -248,15 +261,13 @@ class DatasetWriter:
             raise DatasetError(f"{dest}: already exists (pass --force to overwrite it)")
         if os.path.isdir(self.dest) and self.is_zip:
             raise DatasetError(f"{dest}: is a directory")
-        base = os.path.basename(self.dest)
+        if os.path.isdir(self.dest) and os.listdir(self.dest) and \
+                not os.path.isfile(os.path.join(self.dest, LABEL_FILE)):
+            # --force replaces the whole folder: only do that to something that looks like a dataset
+            raise DatasetError(f"{dest}: is a non-empty folder without {LABEL_FILE}; refusing to replace it")
+        self._tmp = temp_sibling(self.dest, folder=not self.is_zip)
         if self.is_zip:
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=parent)
-            os.close(fd)
-            os.chmod(self._tmp, 0o644)  # mkstemp makes it private; the result is an ordinary file
             self._zip = zipfile.ZipFile(self._tmp, "w")
-        else:
-            self._tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=parent)
-            os.chmod(self._tmp, 0o755)
         self.closed = False
 
     def add(self, name: str, data: bytes) -> None:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from spherehead.networks.discriminator import resize_to
+from spherehead.networks.generator import shift_camera
 
 PARSING_CLASSES = 20
 
@@ -162,7 +163,8 @@ class SphereHeadLoss:
         G = self.G
         G.rendering.density_noise = sched.density_noise
         ws = G.mapping(z, self._conditioning(gen_c, sched.gpc_prob), update_emas=update_emas)
-        c_render, delta_c = G.apply_delta_c(z, gen_c, update_emas=update_emas)
+        _, delta_c = G.apply_delta_c(z, gen_c, update_emas=update_emas)
+        c_render = shift_camera(gen_c, delta_c)  # not apply_delta_c's c: that one is zeroed under cond-zero
         ws_bcg = None
         if G.bcg_synthesis is not None and self.opts.bcg_reg_prob > 0:
             swap = torch.rand(ws.shape[0], 1, 1, device=ws.device) < self.opts.bcg_reg_prob

@@ -8,19 +8,20 @@ and, on some heads, glasses (frame planes + a tinted lens). Hair is clipped so t
 the face, and every face part sits on the front, so **face classes are visible only from the front
 and the back of every head is hair**: a generator that paints a face on the back is measurably wrong.
 
-Scale: the head spans about x ±0.2, y −0.24..0.28, z ±0.27 world units, inside the tri-plane box
-(|p| ≲ 0.35, §3.2). With the training camera (radius 2.7, focal 4.2647, look-at origin) the visible
-frame at the origin is ±2.7·0.5/4.2647 = ±0.317, so a radius-0.25 sphere would fill 79 % of the frame
-width; these heads fill ~63 % of the width and ~80 % of the height, with shoulders at the bottom,
-like the PanoHead crops.
+Scale: the head spans about x ±0.2, y −0.24..0.30, z −0.31..0.28 world units (long hair and shoulders
+reach lower), inside the tri-plane box (|p| ≲ 0.35, §3.2). With the training camera (radius 2.7, focal
+4.2647, look-at origin) the visible frame at the origin is ±2.7·0.5/4.2647 = ±0.317, so a radius-0.25
+sphere would fill 79 % of the frame width; these heads fill ~61 % of the width and ~82 % of the
+height in frontal views, with shoulders at the bottom, like the PanoHead crops.
 
 Lighting is fixed in the *world* per head (ambient + sky + one key light): the decoder ignores view
 directions (§2.7), so view-independent shading is what a 3D-consistent generator can reproduce.
-Parsing maps use training.parsing_classes; classes produced here: background, skin, l/r_brow,
+Parsing maps use spherehead.parsing; classes produced here: background, skin, l/r_brow,
 l/r_eye, eyeglasses, l/r_ear, nose, mouth, u_lip, l_lip, neck, cloth, hair, facial_hair.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -29,14 +30,18 @@ import torch
 
 from spherehead.camera import label_to_pose, make_label
 from spherehead.rendering.ray_sampler import sample_rays
-from training.parsing_classes import CLASS_INDEX as CI
-from training.parsing_classes import FACE_CLASSES, NUM_CLASSES
-from training.synthetic_raycast import Ellipsoid, PlanePiece, cast, half_width, surface_z
+from spherehead.parsing import CLASS_INDEX as CI
+from spherehead.parsing import FACE_CLASSES, NUM_CLASSES
+from training.synthetic_raycast import Ellipsoid, PlanePiece, cast, pixel_subset, surface_z
 
 Vec = np.ndarray
 SKIN_TONES = ((0.96, 0.80, 0.69), (0.36, 0.22, 0.15))
 HAIR_COLOURS = ((0.05, 0.04, 0.04), (0.22, 0.13, 0.07), (0.40, 0.26, 0.14), (0.80, 0.66, 0.40),
                 (0.55, 0.22, 0.10), (0.62, 0.62, 0.62))
+# The glasses are as wide as their lenses and the temples run straight back into the head from there
+# (their hidden part ends at this depth). Temples out at the full head width would peek past the skull
+# in views from behind, and the set promises no glasses pixels in back views.
+TEMPLE_Z = 0.0
 IRIS_COLOURS = ((0.35, 0.20, 0.08), (0.25, 0.45, 0.75), (0.30, 0.50, 0.30), (0.45, 0.35, 0.15))
 
 
@@ -57,7 +62,8 @@ class HeadParams:
     brow: Tuple[float, float, float, float]   # height, half-width, thickness, arch
     mouth: Tuple[float, float, float, float, float]   # height, half-width, upper/lower lip, gap
     hairline: float                 # hair never below this height in front of hair_front
-    hair_front: float               # ... where z > hair_front (the face zone)
+    hair_front: float               # ... where z > hair_front - hair_slant·(hairline - y) (the face zone)
+    hair_slant: float
     hair_bottom: float              # lowest hair of the shell
     glasses: Optional[Dict[str, float]]
     beard: bool
@@ -83,14 +89,14 @@ def _colours(rng: np.random.Generator) -> Dict[str, Vec]:
     return dict(skin=skin, hair=hair, iris=iris, lips=lips, cloth_colour=cloth)
 
 
-def _glasses(rng: np.random.Generator, eye_c: Vec, eye_r: float, width_at) -> Optional[Dict[str, float]]:
+def _glasses(rng: np.random.Generator, eye_c: Vec, eye_r: float) -> Optional[Dict[str, float]]:
     if rng.uniform() >= 0.3:
         return None
     ry = rng.uniform(0.022, 0.032)
     g = dict(x=eye_c[0], y=eye_c[1] - 0.002, z=eye_c[2] + eye_r + rng.uniform(0.015, 0.025),
              rx=rng.uniform(0.03, 0.04), ry=ry, n=rng.uniform(2.0, 4.0), rim=rng.uniform(0.003, 0.006),
              temple_y=eye_c[1] + 0.4 * ry, alpha=rng.uniform(0.1, 0.5))
-    g["temple_x"] = width_at(g["temple_y"], 0.1) + 0.006   # hug the side of the head
+    g["temple_x"] = g["x"] + g["rx"] + g["rim"] / 2
     g.update(zip(("tint_r", "tint_g", "tint_b"), rng.uniform(0.05, 0.4, 3)))
     g.update(zip(("frame_r", "frame_g", "frame_b"), rng.uniform(0.0, 0.3, 3) * rng.choice([1.0, 2.5])))
     return g
@@ -102,7 +108,7 @@ def sample_head(rng: np.random.Generator) -> HeadParams:
     skull = _ell([0, 0.035 + u(-0.01, 0.01), -0.02], [u(0.165, 0.195), u(0.205, 0.235), u(0.205, 0.235)])
     occiput = _ell(skull[0] + [0, u(-0.02, 0.03), -u(0.02, 0.05)], skull[1] * [u(0.85, 0.95), u(0.8, 0.9), 0.9])
     jaw = _ell([0, -0.075 + u(-0.01, 0.01), 0.035 + u(-0.01, 0.01)],
-               [skull[1][0] * u(0.72, 0.85), u(0.15, 0.17), u(0.17, 0.19)])
+               [skull[1][0] * u(0.78, 0.9), u(0.15, 0.17), u(0.17, 0.19)])
     face = [Ellipsoid(*skull, ""), Ellipsoid(*jaw, "")]
     ex, ey, er = u(0.058, 0.07), u(0.0, 0.025), u(0.017, 0.021)
     eye_c = np.array([ex, ey, surface_z(face, ex, ey) - 0.45 * er])
@@ -121,12 +127,13 @@ def sample_head(rng: np.random.Generator) -> HeadParams:
     return HeadParams(
         skull=skull, occiput=occiput, jaw=jaw, nose=nose, ear=ear, eye=(eye_c, er),
         neck=_ell([0, -0.3, -0.03], [u(0.085, 0.105), 0.2, u(0.09, 0.11)]),
-        cloth=_ell([0, -0.56, -0.04], [u(0.36, 0.45), 0.22, u(0.17, 0.22)]),
+        cloth=_ell([0, -0.52, -0.04], [u(0.36, 0.45), 0.22, u(0.17, 0.22)]),
         hair_shell=hair_shell, curtain=curtain, gaze=gaze / np.linalg.norm(gaze),
         brow=(brow_y, u(0.028, 0.038), u(0.007, 0.012), u(0.004, 0.01)),
         mouth=(u(-0.135, -0.115), u(0.038, 0.052), u(0.008, 0.013), u(0.01, 0.016), u(0.0015, 0.006)),
-        hairline=max(u(0.085, 0.14), brow_y + 0.035), hair_front=u(-0.06, 0.06), hair_bottom=u(-0.12, 0.0),
-        glasses=_glasses(rng, eye_c, er, lambda y, z: half_width(face, y, z)), beard=u() < 0.15,
+        hairline=max(u(0.085, 0.14), brow_y + 0.035), hair_front=u(-0.04, 0.07), hair_slant=u(0.0, 1.0),
+        hair_bottom=min(u(-0.12, 0.0), -1.0 if long_hair else 0.0),   # long hair: no cut, the curtain joins on
+        glasses=_glasses(rng, eye_c, er), beard=u() < 0.12,
         light=np.array([np.sin(az) * np.cos(el), np.sin(el), np.cos(az) * np.cos(el)]), **_colours(rng))
 
 
@@ -148,12 +155,16 @@ class HeadScene:
         self.lens = None
         if h.glasses is not None:
             self.prims += self._frame(h.glasses)
-            self.lens = PlanePiece(2, h.glasses["z"], "lens", lambda p: self._lens_shape(p, h.glasses, 0.0) < 1)
+            g = h.glasses
+            self.lens = PlanePiece(2, g["z"], "lens", lambda p: self._lens_shape(p, g, 0.0) < 1,
+                                   [-g["x"] - g["rx"], g["y"] - g["ry"], 0], [g["x"] + g["rx"], g["y"] + g["ry"], 0])
 
     @staticmethod
     def _hair_region(h: HeadParams):
-        """Hair is kept everywhere except the face zone (in front of hair_front and below the hairline)."""
-        return lambda p: ~((p[:, 2] > h.hair_front) & (p[:, 1] < h.hairline))
+        """Hair is kept everywhere except the face zone: below the hairline and in front of a boundary
+        that starts at ``hair_front`` and slants backward downward (sideburns, hair behind the ears)."""
+        return lambda p: ~((p[:, 1] < h.hairline) &
+                           (p[:, 2] > h.hair_front - h.hair_slant * np.clip(h.hairline - p[:, 1], 0, None)))
 
     @staticmethod
     def _lens_shape(p: np.ndarray, g: Dict[str, float], grow: float) -> np.ndarray:
@@ -175,10 +186,12 @@ class HeadScene:
             return rim | bridge | end
 
         def temple(p):
-            return band(p) & (p[:, 2] > 0.1) & (p[:, 2] < g["z"])
+            return band(p) & (p[:, 2] > TEMPLE_Z) & (p[:, 2] < g["z"])
 
-        return [PlanePiece(2, g["z"], "frame", front), PlanePiece(0, g["temple_x"], "frame", temple),
-                PlanePiece(0, -g["temple_x"], "frame", temple)]
+        w, y0, y1 = g["temple_x"], g["y"] - g["ry"] - g["rim"], max(g["y"] + g["ry"], g["temple_y"]) + 0.01
+        return [PlanePiece(2, g["z"], "frame", front, [-w, y0, 0], [w, y1, 0]),
+                PlanePiece(0, w, "frame", temple, [0, y0, TEMPLE_Z], [0, y1, g["z"]]),
+                PlanePiece(0, -w, "frame", temple, [0, y0, TEMPLE_Z], [0, y1, g["z"]])]
 
     def light(self, n: np.ndarray) -> np.ndarray:
         """Shading factor [M] for unit normals [M, 3]: ambient + sky (from +y) + one world-fixed key light."""
@@ -186,11 +199,11 @@ class HeadScene:
 
     def shade(self, part: str, p: np.ndarray, n: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         h, m = self.h, p.shape[0]
-        left = p[:, 0] > 0          # subject's left is world +x (training.parsing_classes)
+        left = p[:, 0] > 0          # subject's left is world +x (spherehead.parsing)
         cls = np.full(m, CI["skin"], dtype=np.uint8)
         rgb = np.tile(h.skin, (m, 1))
         if part == "skin":
-            rgb, cls = self._face_decals(p, rgb, cls, left)
+            rgb, cls = self._face_decals(p, n, rgb, cls, left)
         elif part == "nose":
             cls[:] = CI["nose"]
             rgb = rgb * 0.97
@@ -221,8 +234,8 @@ class HeadScene:
         rgb[cos > 0.985] = [0.03, 0.03, 0.03]
         return rgb, np.where(left, CI["l_eye"], CI["r_eye"]).astype(np.uint8)
 
-    def _face_decals(self, p: np.ndarray, rgb: np.ndarray, cls: np.ndarray, left: np.ndarray):
-        """Brows, lips/mouth and beard painted on the front of the skin (z > 0.08 / > 0)."""
+    def _face_decals(self, p: np.ndarray, n: np.ndarray, rgb: np.ndarray, cls: np.ndarray, left: np.ndarray):
+        """Brows, lips/mouth and beard painted on the front of the skin (z > 0.08 / > 0.06)."""
         h = self.h
         x, y, z = p[:, 0], p[:, 1], p[:, 2]
         by, bw, bt, arch = h.brow
@@ -236,10 +249,11 @@ class HeadScene:
         mouth = front & (np.abs(dy) <= gap / 2 * env)
         upper = front & ~mouth & (dy > 0) & (dy - gap / 2 < uh * env)
         lower = front & ~mouth & (dy < 0) & (-dy - gap / 2 < lh * env)
-        if h.beard:
-            grain = np.sin(900 * x) * np.sin(700 * y + 300 * z) > -0.4   # stubble texture, not solid paint
-            beard = (z > 0) & (y < my + uh + 0.018) & ~(mouth | upper | lower) & grain
-            cls[beard], rgb[beard] = CI["facial_hair"], 0.85 * h.hair + 0.15 * h.skin
+        if h.beard:   # chin and moustache: the front-facing lower face, not under the chin (seen from behind)
+            beard = (z > 0.06) & (n[:, 2] > 0.5) & (y < my + uh + 0.016) & (np.abs(x) < mw + 0.03)
+            beard &= ~(mouth | upper | lower)
+            cls[beard] = CI["facial_hair"]
+            rgb[beard] = (0.75 * h.hair + 0.25 * h.skin) * (0.9 + 0.1 * np.sin(300 * x[beard])[:, None])
         cls[brow] = np.where(left[brow], CI["l_brow"], CI["r_brow"])
         rgb[brow] = 0.9 * h.hair + 0.1 * h.skin
         cls[upper], rgb[upper] = CI["u_lip"], h.lips
@@ -263,13 +277,13 @@ def render_view(head: HeadParams, label, resolution: int, supersample: int = 2,
     mask uint8 [H, W] (coverage 0..255 of head, hair, neck, shoulders, glasses) and parsing uint8
     [H, W] (majority class of the sub-samples).
     """
-    c = torch.as_tensor(np.asarray(label, dtype=np.float32)).reshape(1, 25)
-    pose, k = label_to_pose(c)
+    pose, k = label_to_pose(torch.as_tensor(np.asarray(label, dtype=np.float32)).reshape(1, 25))
+    pose, k = pose[0].double().numpy(), k[0].double().numpy()
     s = resolution * supersample
-    origins, dirs = sample_rays(pose, k, s)
-    o, d = origins[0, 0].double().numpy(), dirs[0].double().numpy()
+    o, d = pose[:3, 3], _camera_rays(s, tuple(k.reshape(-1).tolist())) @ pose[:3, :3].T
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
     scene = HeadScene(head)
-    which, t, inner = cast(scene.prims, o, d)
+    which, t, inner = cast(scene.prims, o, d, pixel_subset(pose, k, s))
     hit = np.isfinite(t)
     rgb = np.zeros((d.shape[0], 3))
     cls = np.zeros(d.shape[0], dtype=np.uint8)
@@ -280,8 +294,9 @@ def render_view(head: HeadParams, label, resolution: int, supersample: int = 2,
             n = prim.normal(p, inner[sel])
             n *= np.where(np.einsum("ij,ij->i", n, d[sel]) > 0, -1.0, 1.0)[:, None]   # face the viewer
             rgb[sel], cls[sel] = scene.shade(prim.part, p, n)
-    rows = (np.arange(d.shape[0]) // s) / max(s - 1, 1)
-    rgb[~hit] = (np.outer(1 - rows, bg[0]) + np.outer(rows, bg[1]))[~hit]
+    ramp = np.linspace(0.0, 1.0, s)[:, None]
+    miss = np.flatnonzero(~hit)
+    rgb[miss] = ((1 - ramp) * np.asarray(bg[0]) + ramp * np.asarray(bg[1]))[miss // s]   # vertical gradient
     if scene.lens is not None:
         g = head.glasses
         tl, _ = scene.lens.intersect(o, d)
@@ -291,14 +306,25 @@ def render_view(head: HeadParams, label, resolution: int, supersample: int = 2,
     return _downsample(rgb, hit, cls, resolution, supersample)
 
 
+@functools.lru_cache(maxsize=8)
+def _camera_rays(size: int, k: Tuple[float, ...]) -> np.ndarray:
+    """Camera-space unit ray directions float64 [size², 3] from the renderer's own ray sampler (identity
+    pose), so the synthetic pixels follow exactly the convention the generator renders with (§4.1).
+    Cached: every view at one resolution shares them; only the rotation differs."""
+    _, dirs = sample_rays(torch.eye(4)[None], torch.tensor(k, dtype=torch.float32).reshape(1, 3, 3), size)
+    return dirs[0].double().numpy()
+
+
 def _downsample(rgb, hit, cls, resolution: int, ss: int):
     def blocks(a):
         return a.reshape(resolution, ss, resolution, ss, *a.shape[1:]).swapaxes(1, 2).reshape(
             resolution, resolution, ss * ss, *a.shape[1:])
     image = np.clip(blocks(rgb).mean(axis=2) * 255 + 0.5, 0, 255).astype(np.uint8)
     mask = np.clip(blocks(hit.astype(np.float64)).mean(axis=2) * 255 + 0.5, 0, 255).astype(np.uint8)
-    votes = (blocks(cls)[..., None] == np.arange(NUM_CLASSES, dtype=np.uint8)).sum(axis=2)
-    return image, mask, votes.argmax(axis=-1).astype(np.uint8)
+    pixel = np.arange(resolution * resolution).repeat(ss * ss)
+    votes = np.bincount(pixel * NUM_CLASSES + blocks(cls).reshape(-1), minlength=resolution ** 2 * NUM_CLASSES)
+    parsing = votes.reshape(resolution, resolution, NUM_CLASSES).argmax(axis=-1).astype(np.uint8)
+    return image, mask, parsing
 
 
 def sample_cameras(rng: np.random.Generator, n: int, pitch_range=(-30.0, 30.0)) -> Tuple[Vec, Vec]:
@@ -330,5 +356,5 @@ def render_head(seed: int, index: int, views: int, resolution: int, pitch_range=
 
 
 def face_pixels(parsing: np.ndarray) -> int:
-    """Number of pixels of face classes (training.parsing_classes.FACE_CLASSES) in a parsing map."""
+    """Number of pixels of face classes (spherehead.parsing.FACE_CLASSES) in a parsing map."""
     return int(np.isin(parsing, FACE_CLASSES).sum())

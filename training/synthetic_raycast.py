@@ -23,6 +23,10 @@ class Ellipsoid:
         self.axes = np.asarray(axes, dtype=np.float64)
         self.part, self.region = part, region
 
+    def bounds(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned box (lo [3], hi [3]) containing every kept surface point."""
+        return self.centre - self.axes, self.centre + self.axes
+
     def intersect(self, o: np.ndarray, d: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Origin [3], unit directions [R, 3] -> nearest kept hit distance [R] (inf: none) and
         whether it is the exit (inner) surface [R]."""
@@ -57,10 +61,19 @@ class Ellipsoid:
 
 
 class PlanePiece:
-    """The part of plane ``p[axis] = value`` kept by ``region`` (glasses frames and lenses)."""
+    """The part of plane ``p[axis] = value`` kept by ``region`` (glasses frames and lenses).
 
-    def __init__(self, axis: int, value: float, part: str, region: Region):
+    ``lo``/``hi`` [3]: a box containing the kept part; points outside it skip the region test.
+    """
+
+    def __init__(self, axis: int, value: float, part: str, region: Callable[[np.ndarray], np.ndarray],
+                 lo: Sequence[float], hi: Sequence[float]):
         self.axis, self.value, self.part, self.region = axis, float(value), part, region
+        self.lo, self.hi = np.array(lo, dtype=np.float64), np.array(hi, dtype=np.float64)
+        self.lo[axis] = self.hi[axis] = self.value
+
+    def bounds(self) -> Tuple[np.ndarray, np.ndarray]:
+        return self.lo, self.hi
 
     def intersect(self, o: np.ndarray, d: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         t = np.full(d.shape[0], np.inf)
@@ -68,8 +81,11 @@ class PlanePiece:
         with np.errstate(divide="ignore", invalid="ignore"):
             tt = (self.value - o[self.axis]) / dk
         idx = np.flatnonzero(np.isfinite(tt) & (tt > EPS))
+        p = o + tt[idx, None] * d[idx]
+        inside = np.all((p >= self.lo - EPS) & (p <= self.hi + EPS), axis=1)
+        idx, p = idx[inside], p[inside]
         if idx.size:
-            keep = self.region(o + tt[idx, None] * d[idx])
+            keep = self.region(p)
             t[idx[keep]] = tt[idx[keep]]
         return t, np.zeros(d.shape[0], dtype=bool)
 
@@ -83,18 +99,47 @@ class PlanePiece:
 Primitive = object  # Ellipsoid | PlanePiece
 
 
-def cast(prims: List[Primitive], o: np.ndarray, d: np.ndarray):
+def pixel_subset(cam2world: np.ndarray, k: np.ndarray, size: int):
+    """For a ``size``² row-major ray grid (training.synthetic_heads.render_view): a function
+    (lo [3], hi [3]) -> indices of the rays whose pixel can see the box [lo, hi].
+
+    The box's 8 corners are projected with the pinhole model of reference.md §4.1 (the inverse of the
+    ray sampler); if a corner is behind the camera every ray is returned. One pixel of margin.
+    """
+    r, t = cam2world[:3, :3], cam2world[:3, 3]
+    everything = np.arange(size * size)
+
+    def subset(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        corners = np.array(np.meshgrid(*zip(lo, hi), indexing="ij")).reshape(3, -1).T     # [8, 3]
+        cam = (corners - t) @ r                                                         # world -> camera
+        if (cam[:, 2] <= 1e-6).any():
+            return everything
+        u = (k[0, 0] * cam[:, 0] + k[0, 1] * cam[:, 1]) / cam[:, 2] + k[0, 2]
+        v = k[1, 1] * cam[:, 1] / cam[:, 2] + k[1, 2]
+        c0, c1 = np.clip([int(np.floor(u.min() * size)) - 1, int(np.ceil(u.max() * size)) + 1], 0, size)
+        r0, r1 = np.clip([int(np.floor(v.min() * size)) - 1, int(np.ceil(v.max() * size)) + 1], 0, size)
+        return (np.arange(r0, r1)[:, None] * size + np.arange(c0, c1)[None, :]).reshape(-1)
+
+    return subset
+
+
+def cast(prims: List[Primitive], o: np.ndarray, d: np.ndarray, subset=None):
     """Nearest hit over ``prims`` for rays from ``o`` [3] along ``d`` [R, 3].
 
-    Returns (primitive index [R] int, distance [R] (inf where nothing is hit), inner [R] bool).
+    ``subset``: optional (lo, hi) -> ray indices (see :func:`pixel_subset`) so that each primitive is
+    intersected only with the rays that can reach it. Returns (primitive index [R] int, distance [R]
+    (inf where nothing is hit), inner [R] bool).
     """
-    dist = np.full((len(prims), d.shape[0]), np.inf)
-    inner = np.zeros((len(prims), d.shape[0]), dtype=bool)
+    dist = np.full(d.shape[0], np.inf)
+    inner = np.zeros(d.shape[0], dtype=bool)
+    which = np.zeros(d.shape[0], dtype=np.int64)
     for i, prim in enumerate(prims):
-        dist[i], inner[i] = prim.intersect(o, d)
-    which = dist.argmin(axis=0)
-    cols = np.arange(d.shape[0])
-    return which, dist[which, cols], inner[which, cols]
+        idx = subset(*prim.bounds()) if subset is not None else np.arange(d.shape[0])
+        t, ins = prim.intersect(o, d[idx])
+        closer = t < dist[idx]
+        idx = idx[closer]
+        dist[idx], inner[idx], which[idx] = t[closer], ins[closer], i
+    return which, dist, inner
 
 
 def surface_z(ellipsoids: Sequence[Ellipsoid], x: float, y: float) -> float:
@@ -105,15 +150,4 @@ def surface_z(ellipsoids: Sequence[Ellipsoid], x: float, y: float) -> float:
         q = 1.0 - ((x - cx) / ax) ** 2 - ((y - cy) / ay) ** 2
         if q > 0:
             best = max(best, cz + az * np.sqrt(q))
-    return float(best)
-
-
-def half_width(ellipsoids: Sequence[Ellipsoid], y: float, z: float) -> float:
-    """Largest |x| of ``ellipsoids`` at height y and depth z (0 if none reaches there)."""
-    best = 0.0
-    for e in ellipsoids:
-        (cx, cy, cz), (ax, ay, az) = e.centre, e.axes
-        q = 1.0 - ((y - cy) / ay) ** 2 - ((z - cz) / az) ** 2
-        if q > 0:
-            best = max(best, abs(cx) + ax * np.sqrt(q))
     return float(best)

@@ -81,9 +81,10 @@ class TriPlaneGenerator(nn.Module):
         plane_channels = PLANE_FEATURES * opts.triplane_depth
         self.ConvA = _plane_head(BACKBONE_CHANNELS, plane_channels)
         self.ConvB = _plane_head(BACKBONE_CHANNELS, plane_channels)
+        sr_kwargs = {"w_dim": w_dim, **(sr_kwargs or {})}  # upstream hard-codes 512; follow G's w_dim
         self.superresolution = Superresolution(sr_class_name(opts.superresolution_module), channels=PLANE_FEATURES,
                                                img_resolution=img_resolution, sr_num_fp16_res=sr_num_fp16_res,
-                                               sr_antialias=opts.sr_antialias, **(sr_kwargs or {}))
+                                               sr_antialias=opts.sr_antialias, **sr_kwargs)
         self.decoder = OSGDecoder(PLANE_FEATURES, {"decoder_lr_mul": opts.decoder_lr_mul,
                                                    "decoder_output_dim": PLANE_FEATURES,
                                                    "decoder_activation": opts.decoder_activation})

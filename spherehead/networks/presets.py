@@ -69,7 +69,6 @@ PRESETS = {
 def build_preset(name: str, seed: int = 0):
     """(G, D) with random weights for a preset; deterministic in ``seed``."""
     import torch
-    from .discriminator import HoloDiscriminator, MaskDualDiscriminatorV2  # noqa: F401 (registration)
     from .generator import TriPlaneGenerator
     from .registry import build_network
     if name not in PRESETS:

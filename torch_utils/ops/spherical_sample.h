@@ -295,7 +295,8 @@ SPHEREHEAD_HD void backward_point(int64_t i, const Shape& sh, const T* grad_out,
       d[0] += kr * x; d[1] += kr * y; d[2] += kr * z;
       if (rho2 != 0.f) {
         const float rho = sqrtf(rho2);
-        // θ = atan2(ρ, z): ∂θ/∂ρ = z/(ρ² + z²), ∂θ/∂z = −ρ/(ρ² + z²); ∂ρ/∂(x, y) = (x, y)/ρ; θ′ = 2θ/π − 1.
+        // θ = atan2(ρ, z): ∂θ/∂ρ = z/(ρ² + z²), ∂θ/∂z = −ρ/(ρ² + z²); ∂ρ/∂(x, y) = (x, y)/ρ;
+        // θ′ = 2θ/π − 1.
         const float kt = gt * (2.f / kPi) / (rho * rho + z * z);
         d[0] += kt * z * (x / rho);
         d[1] += kt * z * (y / rho);

@@ -11,15 +11,25 @@ For world points p [N, M, 3] and planes [N, 2 spheres, 3 planes, C, H, W]:
 
 Output [N, 3, M, C], or [N, M, C] with ``reduce='mean'`` (the decoder's mean over planes).
 Gradients flow to the planes and to the point coordinates (camera self-adaptation learns through them).
+
+The CUDA kernel (spherical_sample.cu, math in spherical_sample.h) fuses all of the above per point:
+no [N, 3, M, C] per-sphere intermediates, and with reduce='mean' not even the fused per-plane
+tensor. It takes float32/float16/bfloat16 planes (float32 arithmetic) and float32 coordinates;
+anything else runs the reference under impl='auto'. Its backward returns plane and coordinate
+gradients; it is once-differentiable (no double backward).
 """
 from __future__ import annotations
 
 import math
+import os
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-from .dispatch import resolve_impl
+from .. import custom_ops
+from .dispatch import register_cuda_kernel, resolve_impl
 
 FUSION_EPS = 1e-8
 
@@ -70,15 +80,24 @@ def plane_grids(sph: torch.Tensor) -> torch.Tensor:
 
 
 def spherical_sample(planes: torch.Tensor, coords: torch.Tensor, box_warp: float = 1.0, reduce: str = "none",
-                     impl: str = "auto") -> torch.Tensor:
-    """planes [N, 2, 3, C, H, W], coords [N, M, 3] (world) -> [N, 3, M, C] or, reduce='mean', [N, M, C]."""
+                     impl: str = "auto", *, deterministic: Optional[bool] = None) -> torch.Tensor:
+    """planes [N, 2, 3, C, H, W], coords [N, M, 3] (world) -> [N, 3, M, C] or, reduce='mean', [N, M, C].
+
+    ``deterministic`` concerns the CUDA kernel's plane gradient only: True accumulates it with
+    int64 fixed-point atomics (bitwise reproducible), False with float32 atomics (faster, last bits
+    vary run to run); None follows ``torch.are_deterministic_algorithms_enabled()``. The reference
+    ignores it (on CUDA, torch's grid_sample backward is itself atomic).
+    """
     if planes.ndim != 6 or planes.shape[1] != 2 or planes.shape[2] != 3:
         raise ValueError(f"planes must be [N, 2, 3, C, H, W], got {list(planes.shape)}")
     if coords.ndim != 3 or coords.shape[-1] != 3 or coords.shape[0] != planes.shape[0]:
         raise ValueError(f"coords must be [N={planes.shape[0]}, M, 3], got {list(coords.shape)}")
     if reduce not in ("none", "mean"):
         raise ValueError(f"reduce must be 'none' or 'mean', got {reduce!r}")
-    resolve_impl("spherical_sample", impl, planes)  # CUDA kernel: separate work item; seam is here
+    if _use_cuda(impl, planes, coords):
+        if deterministic is None:
+            deterministic = torch.are_deterministic_algorithms_enabled()
+        return _SphericalSampleCuda.apply(planes, coords, float(box_warp), reduce == "mean", bool(deterministic))
     return _spherical_sample_ref(planes, coords, box_warp, reduce)
 
 
@@ -104,3 +123,109 @@ def _spherical_sample_ref(planes, coords, box_warp, reduce):
             weights.append(weight.reshape(n, 1, m, 1))
     fused = (feats[0] * weights[0] + feats[1] * weights[1]) / (weights[0] + weights[1] + FUSION_EPS)
     return fused.permute(0, 2, 1) if reduce == "mean" else fused.contiguous()
+
+
+# ----------------------------------------------------------------------------- CUDA path
+
+_CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _strict(impl: str) -> bool:
+    """True when the caller insisted on the kernel (impl='cuda', or SPHEREHEAD_OPS=cuda under 'auto')."""
+    return impl == "cuda" or (impl == "auto" and os.environ.get("SPHEREHEAD_OPS", "").strip().lower() == "cuda")
+
+
+def _use_cuda(impl: str, planes: torch.Tensor, coords: torch.Tensor) -> bool:
+    try:
+        which = resolve_impl("spherical_sample", impl, planes)
+    except RuntimeError as exc:
+        raise _KERNEL.explain(exc) from None
+    if which != "cuda":
+        return False
+    problem = None
+    if planes.dtype not in _CUDA_DTYPES:
+        problem = f"planes of dtype {planes.dtype} (it takes float32, float16 or bfloat16)"
+    elif coords.device != planes.device or not coords.is_floating_point():
+        problem = f"coords of dtype {coords.dtype} on {coords.device} (needs floating point on {planes.device})"
+    if problem is None:
+        return True
+    if _strict(impl):
+        raise RuntimeError(f"spherical_sample: impl='cuda' requested but the CUDA kernel cannot take {problem}")
+    return False
+
+
+def _rotation_entries() -> list:
+    """The float32 rotation matrices as 18 Python floats (exact), row-major, sphere A then B."""
+    return [float(v) for v in SPHERE_ROTATIONS.reshape(-1).tolist()]
+
+
+def _float32_scale(box_warp: float) -> float:
+    """2 / box_warp rounded to float32, as the reference's scalar multiply of a float32 tensor uses it."""
+    return float(torch.tensor(2.0 / box_warp, dtype=torch.float32))
+
+
+class _SphericalSampleCuda(torch.autograd.Function):
+    """The fused kernel; gradients to planes and coords (float32 coords inside, cast back)."""
+
+    @staticmethod
+    def forward(ctx, planes, coords, box_warp, mean, deterministic):
+        planes_c = planes.contiguous()
+        coords_c = coords.to(torch.float32).contiguous()
+        rot, scale = _rotation_entries(), _float32_scale(box_warp)
+        out = _KERNEL.module.forward(planes_c, coords_c, rot, scale, mean)
+        ctx.save_for_backward(planes_c, coords_c)
+        ctx.args = (rot, scale, mean, deterministic, coords.dtype)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        planes, coords = ctx.saved_tensors
+        rot, scale, mean, deterministic, coords_dtype = ctx.args
+        need_planes, need_coords = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_planes or need_coords):
+            return None, None, None, None, None
+        grad_planes, grad_coords = _KERNEL.module.backward(
+            grad_out.to(planes.dtype).contiguous(), planes, coords, rot, scale, mean, need_planes, need_coords,
+            deterministic)
+        if grad_coords is not None:
+            grad_coords = grad_coords.to(coords_dtype)
+        return grad_planes, grad_coords, None, None, None
+
+
+def self_check(candidate: Callable, device: torch.device) -> Optional[str]:
+    """Compare ``candidate(planes, coords, box_warp, reduce, deterministic)`` with the reference on tiny
+    inputs on ``device``: forward and gradients, both reductions, both accumulation modes. None when
+    they agree. Points include the origin, a seam, points outside the box and odd sizes; exact world-axis
+    points are left to the tests (their coordinate gradients hinge on 1-ulp differences, see there).
+    """
+    with custom_ops.autograd_enabled():
+        gen = torch.Generator().manual_seed(1234)
+        planes = torch.randn(2, 2, 3, 5, 6, 10, generator=gen)
+        coords = (torch.rand(2, 23, 3, generator=gen) - 0.5) * 1.3  # partly outside the box
+        coords[0, :3] = torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.0, -0.3], [-0.2, 0.15, 0.05]])
+        planes, coords = planes.to(device), coords.to(device)
+        # float32 both ways: the same operations up to atan2/cos rounding; 1e-4 leaves room for that
+        # and for atomic summation order, and is far below any indexing or formula error (O(0.1-1)).
+        for reduce, box_warp, det in (("none", 1.0, False), ("mean", 1.3, False), ("none", 0.9, True)):
+            problem = custom_ops.compare_with_reference(
+                lambda p, c: candidate(p, c, box_warp, reduce, det),
+                lambda p, c: _spherical_sample_ref(p, c, box_warp, reduce),
+                [planes, coords], atol=1e-4, rtol=1e-4)
+            if problem:
+                return f"reduce={reduce}, box_warp={box_warp}, deterministic={det}: {problem}"
+    return None
+
+
+def _build():
+    return custom_ops.get_extension("spherical_sample", sources=["spherical_sample.cpp", "spherical_sample.cu"],
+                                    headers=["spherical_sample.h"])
+
+
+def _self_check_kernel(module) -> Optional[str]:
+    return self_check(lambda p, c, bw, red, det: _SphericalSampleCuda.apply(p, c, bw, red == "mean", det),
+                      torch.device("cuda", torch.cuda.current_device()))
+
+
+_KERNEL = custom_ops.LazyKernel("spherical_sample", _build, _self_check_kernel)
+register_cuda_kernel("spherical_sample", _KERNEL.is_available)

@@ -1,12 +1,20 @@
-"""FIR up/down-sampling (upsample by zero insertion, pad, filter, decimate; reference.md §2.4)."""
+"""FIR up/down-sampling (upsample by zero insertion, pad, filter, decimate; reference.md §2.4).
+
+The CUDA kernel (upfirdn2d.cu, math in upfirdn2d.h) computes each output pixel directly. Its
+backward is upfirdn2d again (the adjoint, see ``_UpFirDn2dCuda.backward``), so it is differentiable
+to any order. It takes float32/float16/bfloat16 images (float32 arithmetic) and treats the filter as
+a constant: a filter that requires grad runs the reference under impl='auto'.
+"""
 from __future__ import annotations
 
-from typing import Sequence, Union
+import os
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
-from .dispatch import resolve_impl
+from .. import custom_ops
+from .dispatch import register_cuda_kernel, resolve_impl
 
 Padding = Union[int, Sequence[int]]
 
@@ -34,7 +42,8 @@ def parse_padding(padding: Padding):
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding: Padding = 0,
               flip_filter: bool = False, gain: float = 1, impl: str = "auto") -> torch.Tensor:
     """x [N, C, H, W], f [fh, fw] -> upsample by ``up``, pad, convolve with f, keep every ``down``-th."""
-    resolve_impl("upfirdn2d", impl, x)
+    if _use_cuda(impl, x, f):
+        return _cuda_call(x, f, up, down, padding, flip_filter, gain)
     return _upfirdn2d_ref(x, f, up, down, padding, flip_filter, gain)
 
 
@@ -70,3 +79,124 @@ def downsample2d(x: torch.Tensor, f: torch.Tensor, down: int = 2, impl: str = "a
     fw = f.shape[-1]
     p0, p1 = (fw - down + 1) // 2, (fw - down) // 2
     return upfirdn2d(x, f, down=down, padding=[p0, p1, p0, p1], impl=impl)
+
+
+# ----------------------------------------------------------------------------- CUDA path
+
+_CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _use_cuda(impl: str, x: torch.Tensor, f: torch.Tensor) -> bool:
+    try:
+        which = resolve_impl("upfirdn2d", impl, x)
+    except RuntimeError as exc:
+        raise _KERNEL.explain(exc) from None
+    if which != "cuda":
+        return False
+    problem = None
+    if x.dtype not in _CUDA_DTYPES or x.ndim != 4:
+        problem = f"x of dtype {x.dtype} and shape {list(x.shape)} (it takes float32/float16/bfloat16 [N, C, H, W])"
+    elif f.ndim != 2 or f.device != x.device:
+        problem = f"a filter of shape {list(f.shape)} on {f.device}"
+    elif f.requires_grad and torch.is_grad_enabled():
+        problem = "a filter that requires grad (the kernel treats the filter as a constant)"
+    if problem is None:
+        return True
+    if impl == "cuda" or os.environ.get("SPHEREHEAD_OPS", "").strip().lower() == "cuda":
+        raise RuntimeError(f"upfirdn2d: impl='cuda' requested but the CUDA kernel cannot take {problem}")
+    return False
+
+
+def _correlation_filter(f: torch.Tensor, flip_filter: bool, gain: float) -> torch.Tensor:
+    """The taps the kernel correlates with: f·gain, flipped unless flip_filter (the reference's true
+    convolution), as contiguous float32."""
+    g = f.detach().to(torch.float32) * float(gain)
+    if not flip_filter:
+        g = g.flip([0, 1])
+    return g.contiguous()
+
+
+class _UpFirDn2dCuda(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, f, up, down, pad, flip_filter, gain):
+        px0, px1, py0, py1 = pad
+        y = _KERNEL.module.upfirdn2d(x.contiguous(), _correlation_filter(f, flip_filter, gain), up, down,
+                                     px0, px1, py0, py1)
+        ctx.save_for_backward(f)
+        ctx.args = (tuple(x.shape), up, down, pad, flip_filter, gain)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        # The adjoint of y = decimate_down(correlate_g(pad(zero_insert_up(x)))) is
+        #   dx = decimate_up(correlate_flip(g)(pad'(zero_insert_down(dy)))),
+        # i.e. upfirdn2d with up and down swapped and the filter flipped once more (flip_filter
+        # negated). Along one axis, output o reads u[o·down + t − p0]; so u[j] receives dy[o]·g[t]
+        # for j = o·down + t − p0. Writing that as a correlation of the zero-inserted dy with the
+        # flipped g gives a leading pad of fw − 1 − p0. The trailing pad is whatever makes the output
+        # exactly in_w long: in_w·up − out_w·down + p0 − up + 1 (x: same with h). Gain unchanged.
+        (f,) = ctx.saved_tensors
+        (n, c, in_h, in_w), up, down, (px0, px1, py0, py1), flip_filter, gain = ctx.args
+        dx = None
+        if ctx.needs_input_grad[0]:
+            out_h, out_w = dy.shape[2], dy.shape[3]
+            fh, fw = f.shape
+            pad = (fw - 1 - px0, in_w * up - out_w * down + px0 - up + 1,
+                   fh - 1 - py0, in_h * up - out_h * down + py0 - up + 1)
+            dx = _UpFirDn2dCuda.apply(dy, f, down, up, pad, not flip_filter, gain)
+            assert dx.shape == (n, c, in_h, in_w), (dx.shape, (n, c, in_h, in_w))
+        return dx, None, None, None, None, None, None
+
+
+def _cuda_call(x, f, up, down, padding, flip_filter, gain):
+    y = _UpFirDn2dCuda.apply(x, f, int(up), int(down), tuple(int(p) for p in parse_padding(padding)),
+                             bool(flip_filter), float(gain))
+    # Under autocast the reference's conv2d returns the autocast dtype; so does this path (computed in
+    # float32, rounded once), so that both implementations hand the same dtype downstream.
+    dtype = _autocast_dtype(x.device.type)
+    return y if dtype is None or y.dtype == dtype else y.to(dtype)
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The autocast dtype for ``device_type``, None when autocast is off there."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+        return torch.get_autocast_dtype(device_type) if enabled else None
+    except TypeError:  # torch < 2.4: per-device functions
+        if device_type == "cuda":
+            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+
+
+def self_check(candidate: Callable, device: torch.device) -> Optional[str]:
+    """Compare ``candidate(x, f, up, down, padding, flip_filter, gain)`` with the reference on tiny inputs
+    on ``device`` (up, down, negative pads, an asymmetric filter both ways round): forward and gradient."""
+    gen = torch.Generator().manual_seed(2468)
+    f4 = setup_filter([1, 3, 3, 1])
+    f_odd = torch.rand(3, 2, generator=gen) + 0.1  # asymmetric: catches a missing or extra flip
+    cases = [(f4, 2, 1, [2, 1, 2, 1], False, 4.0), (f4, 1, 2, [1, 1, 1, 1], False, 1.0),
+             (f_odd, 1, 1, [1, 0, -1, 2], False, 1.0), (f_odd, 3, 2, [0, 2, 1, 1], True, 2.0)]
+    with custom_ops.autograd_enabled():
+        x = torch.randn(2, 3, 7, 9, generator=gen).to(device)
+        for f, up, down, pad, flip, gain in cases:
+            f = f.to(device)
+            # float32 both ways, sums of ≤ 16 products: 1e-5 is rounding headroom only.
+            problem = custom_ops.compare_with_reference(
+                lambda x_: candidate(x_, f, up, down, pad, flip, gain),
+                lambda x_: _upfirdn2d_ref(x_, f, up, down, pad, flip, gain),
+                [x], atol=1e-5, rtol=1e-5)
+            if problem:
+                return f"up={up}, down={down}, padding={pad}, flip_filter={flip}, filter {list(f.shape)}: {problem}"
+    return None
+
+
+def _build():
+    return custom_ops.get_extension("upfirdn2d", sources=["upfirdn2d.cpp", "upfirdn2d.cu"], headers=["upfirdn2d.h"])
+
+
+def _self_check_kernel(module) -> Optional[str]:
+    return self_check(_cuda_call, torch.device("cuda", torch.cuda.current_device()))
+
+
+_KERNEL = custom_ops.LazyKernel("upfirdn2d", _build, _self_check_kernel)
+register_cuda_kernel("upfirdn2d", _KERNEL.is_available)

@@ -1,0 +1,301 @@
+"""The training loop end to end on the tiny config (CPU): snapshots, stats, exact resume after an
+interruption, two-process gloo data parallelism, and the train.py CLI's user errors."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import spherehead
+from torch_utils import distributed as dist
+from training import resume as resume_io
+from training.presets import make_training_options
+from training.synthetic_set import generate_synthetic_set
+from training.training_loop import InfiniteSampler, Trainer, build_networks, training_loop
+from training.training_stats import Collector, read_stats, trim_stats
+
+REPO = Path(__file__).resolve().parents[1]
+LOSSES = ("Loss/G/loss", "Loss/D/real", "Loss/D/fake", "Loss/D/vico")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine, two OpenMP threads per process mostly wait on each
+    other (measured 3 s vs 7-20 s per tiny iteration under load); results do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory) -> str:
+    """4 synthetic heads × 2 views at 128 px (the tiny config's image size), as a zip."""
+    path = tmp_path_factory.mktemp("data") / "heads.zip"
+    generate_synthetic_set(path, num_heads=4, views_per_head=2, resolution=128, supersample=1, seed=1)
+    return str(path)
+
+
+def tiny_options(data: str, **overrides):
+    """Batch 2, one iteration per tick (tick 0 is always the first iteration), a snapshot every tick."""
+    kw = dict(batch=2, batch_gpu=2, kimg=0.006, tick=0.002, snap=1, img_snap=100, mirror=False, resume="latest")
+    kw.update(overrides)
+    opts = make_training_options("tiny-128", data, **kw)
+    opts.image_grid_seeds = 1
+    return opts
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _run(run_dir, opts):
+    return training_loop(str(run_dir), opts, device=torch.device("cpu"), num_workers=0, tensorboard=False)
+
+
+@pytest.fixture(scope="module")
+def runs(heads, tmp_path_factory):
+    """Run A: 3 iterations in one go. Run B: the same command, but the process dies right after the
+    resume state of tick 1 (iteration 2) is written; then the same command is run again."""
+    root = tmp_path_factory.mktemp("runs")
+    summary_a = _run(root / "A", tiny_options(heads))
+    original = resume_io.save_state
+
+    def save_then_die(path, state):
+        original(path, state)
+        if state["cur_tick"] == 2:   # the state of tick 1 is on disk: "kill" the process
+            raise Interrupted
+
+    resume_io.save_state = save_then_die
+    try:
+        with pytest.raises(Interrupted):
+            _run(root / "B", tiny_options(heads))
+    finally:
+        resume_io.save_state = original
+    interrupted = {"stats": read_stats(str(root / "B" / "stats.jsonl")),
+                   "state": resume_io.latest_state(str(root / "B"))}
+    summary_b = _run(root / "B", tiny_options(heads))
+    return {"A": root / "A", "B": root / "B", "summary_a": summary_a, "summary_b": summary_b,
+            "interrupted": interrupted}
+
+
+def test_snapshot_reads_back(runs, heads):
+    nets = spherehead.load_network(str(runs["A"] / "network-snapshot-000000.safetensors"))
+    assert type(nets["G_ema"]).__name__ == "TriPlaneGenerator" and type(nets["D"]).__name__ == "HoloDiscriminator"
+    assert nets["metadata"]["cur_nimg"] == 6 and nets["metadata"]["training_set_kwargs"]["path"] == heads
+    state = resume_io.latest_state(str(runs["A"]))
+    for name, module in nets.items():
+        if name in ("G", "D", "G_ema"):   # the snapshot holds exactly the networks the loop trained
+            for k, v in module.state_dict().items():
+                assert torch.equal(v, state[name][k]), (name, k)
+    G_init, _, _ = build_networks(tiny_options(heads), torch.ones(25).numpy(), torch.device("cpu"))
+    ema = nets["G_ema"].state_dict()
+    assert all(torch.isfinite(v).all() for v in ema.values())
+    assert not torch.equal(ema["backbone.mapping.fc0.weight"], G_init.state_dict()["backbone.mapping.fc0.weight"])
+    assert "dataset_label_std" in ema and nets["G_ema"].rendering.density_noise == 0.0
+
+
+def test_run_folder_contents(runs):
+    a = runs["A"]
+    for name in ("training_options.json", "log.txt", "stats.jsonl", "fakes_init.png", "fakes000000.png"):
+        assert (a / name).is_file(), name
+    assert json.loads((a / "training_options.json").read_text())["cfg"] == "tiny-128"
+    assert "tick 2" in (a / "log.txt").read_text()
+    stats = read_stats(str(a / "stats.jsonl"))
+    assert [round(s["Progress/kimg"]["mean"] * 1000) for s in stats] == [2, 4, 6]
+    for name in LOSSES[:3]:
+        assert all(math.isfinite(s[name]["mean"]) for s in stats), name
+    vico = [s["Loss/D/vico"]["mean"] for s in stats if "Loss/D/vico" in s]
+    assert vico and all(math.isfinite(v) for v in vico)
+    assert "Loss/D/reg" in stats[0]   # lazy R1 on iteration 0 (every 16)
+
+
+def test_resume_after_interruption_is_exact(runs):
+    cut = runs["interrupted"]
+    assert cut["state"]["cur_nimg"] == 4 and cut["state"]["cur_tick"] == 2 and len(cut["stats"]) == 2
+    for key in ("cur_nimg", "cur_tick", "batch_idx"):
+        assert runs["summary_a"][key] == runs["summary_b"][key], key
+    a, b = resume_io.latest_state(str(runs["A"])), resume_io.latest_state(str(runs["B"]))
+    for key in ("cur_nimg", "cur_tick", "batch_idx", "data_position"):
+        assert a[key] == b[key], key
+    for name in ("G_ema", "G", "D"):
+        for k in a[name]:
+            assert torch.equal(a[name][k], b[name][k]), (name, k)
+    for k in ("G", "D"):
+        sa, sb = a["optimizers"][k]["state"], b["optimizers"][k]["state"]
+        assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    losses = lambda run: [{k: s[k]["mean"] for k in s if k.startswith("Loss/")} for s in read_stats(str(run / "stats.jsonl"))]
+    assert losses(runs["A"]) == losses(runs["B"])   # same data, same random draws, same numbers
+    assert "Resuming" in (runs["B"] / "log.txt").read_text()
+
+
+def test_rerun_of_finished_run_does_nothing(runs, heads):
+    summary = _run(runs["A"], tiny_options(heads))
+    assert summary["cur_nimg"] == 6 and len(read_stats(str(runs["A"] / "stats.jsonl"))) == 3
+
+
+def test_fine_tune_start_from_a_checkpoint(runs, heads, tmp_path):
+    snapshot = str(runs["A"] / "network-snapshot-000000.safetensors")
+    _run(tmp_path / "ft", tiny_options(heads, kimg=0.002, resume=snapshot, img_snap=0))
+    state = resume_io.latest_state(str(tmp_path / "ft"))
+    assert state["cur_nimg"] == 2 and state["batch_idx"] == 1   # counters start from 0
+    assert state["fade_disabled"] is True   # no --resume-blur: blur and GPC fades skipped (§6.2)
+    log = (tmp_path / "ft" / "log.txt").read_text()
+    assert "Fine-tune start: G <- " in log and "Fine-tune start: D <- " in log
+
+
+def test_two_process_gloo_run_keeps_ranks_identical(heads, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "train.py"), "--outdir", str(tmp_path), "--data", heads, "--cfg", "tiny-128",
+           "--batch", "4", "--batch-gpu", "2", "--kimg", "0.008", "--tick", "0.004", "--snap", "1",
+           "--img-snap", "0", "--workers", "0", "--device", "cpu", "--no-mirror", "--gpus", "2"]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    state = resume_io.latest_state(str(run_dir))
+    assert state["world_size"] == 2 and state["cur_nimg"] == 8 and len(state["digests"]) == 2
+    assert state["digests"][0] == state["digests"][1]   # G, D and G_ema agree bit for bit on both ranks
+    stats = read_stats(str(run_dir / "stats.jsonl"))
+    assert stats[-1]["Loss/G/loss"]["num"] == 2   # one report per rank, averaged over both
+    assert json.loads((run_dir / "training_options.json").read_text())["launch"]["world_size"] == 2
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+def _cli(args):
+    import train
+    return CliRunner().invoke(train.main, args)
+
+
+def _one_line_error(result, *needles):
+    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error")]
+    assert len(lines) == 1, result.output
+    for needle in needles:
+        assert needle in lines[0], result.output
+
+
+def _without(heads, tmp_path, prefix):
+    out = tmp_path / f"no-{prefix.strip('/.')}.zip"
+    with zipfile.ZipFile(heads) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            if not item.filename.startswith(prefix):
+                dst.writestr(item, src.read(item.filename))
+    return str(out)
+
+
+def test_cli_user_errors(heads, tmp_path):
+    base = ["--outdir", str(tmp_path / "runs"), "--cfg", "tiny-128", "--dry-run"]
+    _one_line_error(_cli(base + ["--data", str(tmp_path / "missing.zip")]), "does not exist")
+    _one_line_error(_cli(base + ["--data", _without(heads, tmp_path, "dataset.json")]), "dataset.json")
+    _one_line_error(_cli(base + ["--data", _without(heads, tmp_path, "masks/")]), "no masks")
+    no_parsing = _without(heads, tmp_path, "parsing/")
+    _one_line_error(_cli(base + ["--data", no_parsing]), "--no-parsing")
+    assert _cli(base + ["--data", no_parsing, "--no-parsing"]).exit_code == 0
+    _one_line_error(_cli(base + ["--data", heads, "--cfg", "small-128", "--batch", "6", "--batch-gpu", "4"]),
+                    "--batch 6")
+    _one_line_error(_cli(base + ["--data", heads, "--resume", str(tmp_path / "nope.pkl")]), "no such file")
+    _one_line_error(_cli(base + ["--data", heads, "--gpus", "2"]), "torchrun")
+    _one_line_error(_cli(["--data", heads, "--cfg", "tiny-128", "--dry-run"]), "--outdir")
+    assert not (tmp_path / "runs").exists()   # nothing is created by a dry run or a refused one
+
+
+def test_cli_dry_run_and_run_folder_rule(heads, tmp_path):
+    outdir = tmp_path / "runs"
+    args = ["--outdir", str(outdir), "--data", heads, "--cfg", "tiny-128", "--dry-run", "--gpc-prob", "off",
+            "--vico-weight", "0"]
+    result = _cli(args)
+    assert result.exit_code == 0, result.output
+    assert f"{outdir}/00000-tiny-128-heads" in result.output
+    opts = json.loads(result.output[:result.output.rindex("}") + 1])
+    assert opts["loss_opts"]["gpc_reg_prob"] is None and opts["G_kwargs"]["rendering_kwargs"]["c_scale"] == 0.0
+    assert opts["loss_opts"]["vico_weight"] == 0.0
+    # 'latest' reuses the newest folder whose options match (total_kimg aside); other options -> a new id.
+    run = outdir / "00000-tiny-128-heads"
+    run.mkdir(parents=True)
+    (run / "training_options.json").write_text(json.dumps(dict(opts, total_kimg=99.0, resume="latest", launch={})))
+    assert f"{run}\n" in _cli(args + ["--resume", "latest"]).output
+    assert "00001-tiny-128-heads" in _cli(args + ["--resume", "latest", "--seed", "5"]).output
+    assert "00001-tiny-128-heads" in _cli(args).output   # no --resume: always a new folder
+
+
+# ---------------------------------------------------------------------------------- small pieces
+
+def test_infinite_sampler_is_seeded_resumable_and_split():
+    take = lambda s, n: [x for _, x in zip(range(n), iter(s))]
+    full = take(InfiniteSampler(5, seed=3), 12)
+    assert sorted(full[:5]) == list(range(5)) and sorted(full[5:10]) == list(range(5))
+    assert take(InfiniteSampler(5, seed=3, start=7), 5) == full[7:12]
+    r0, r1 = take(InfiniteSampler(5, 0, 2, seed=3), 6), take(InfiniteSampler(5, 1, 2, seed=3), 6)
+    assert [x for pair in zip(r0, r1) for x in pair] == full[:12]
+
+
+def test_ema_update(heads):
+    opts = tiny_options(heads)
+    G, _, G_ema = build_networks(opts, torch.ones(25).numpy(), torch.device("cpu"))
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(1.0)
+    G.rendering.density_noise = 0.5
+    G.neural_rendering_resolution = 24
+    G.backbone.mapping.w_avg.fill_(3.0)
+    before = {k: v.clone() for k, v in G_ema.state_dict().items()}
+
+    class Fake:
+        pass
+    fake = Fake()
+    fake.opts, fake.G, fake.G_ema, fake.cur_nimg = opts, G, G_ema, 10_000
+    Trainer._update_ema(fake)
+    beta = 0.5 ** (2 / min(opts.ema_nimg, 10_000 * 0.05))   # ema_nimg = min(625, 500) = 500 images
+    k = "backbone.mapping.fc0.weight"
+    assert torch.allclose(G_ema.state_dict()[k], G.state_dict()[k].lerp(before[k], beta))
+    assert torch.equal(G_ema.backbone.mapping.w_avg, G.backbone.mapping.w_avg)   # buffers copied
+    assert G_ema.neural_rendering_resolution == 24 and G_ema.rendering.density_noise == 0.0
+
+
+def test_collector_and_trim(tmp_path):
+    c = Collector()
+    for v in (1.0, 2.0, 3.0):
+        c.report("x", v)
+    s = c.gather()["x"]
+    assert s["num"] == 3 and s["mean"] == 2.0 and abs(s["std"] - math.sqrt(2 / 3)) < 1e-12
+    assert c.gather() == {}
+    path = tmp_path / "stats.jsonl"
+    path.write_text("".join(json.dumps({"Progress/kimg": {"mean": k}}) + "\n" for k in (0.002, 0.004, 0.006)))
+    trim_stats(str(path), 4)
+    assert [round(s["Progress/kimg"]["mean"] * 1000) for s in read_stats(str(path))] == [2, 4]
+
+
+def test_latest_state_skips_temp_and_broken_files(tmp_path):
+    resume_io.save_state(str(tmp_path / "resume-state-000001.pt"), {"cur_nimg": 1000})
+    (tmp_path / ".resume-state-000009.pt.abc.tmp").write_bytes(b"partial")
+    (tmp_path / "resume-state-000005.pt").write_bytes(b"not a torch file")
+    notes = []
+    assert resume_io.latest_state(str(tmp_path), log=notes.append)["cur_nimg"] == 1000
+    assert len(notes) == 1 and "resume-state-000005.pt" in notes[0]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "resume-state-000001.pt").st_mode & 0o777 == 0o666 & ~umask   # not private
+
+
+def test_launch_from_env():
+    assert dist.launch_from_env({}).init_method is None
+    t = dist.launch_from_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"})
+    assert (t.rank, t.world_size, t.local_rank, t.init_method, t.launcher) == (3, 8, 1, "env://", "torchrun")
+    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "1234",
+             "SLURM_JOB_NODELIST": "gpu[07-08,11],cpu1"}
+    s = dist.launch_from_env(slurm)
+    assert (s.rank, s.world_size, s.local_rank, s.init_method) == (5, 16, 1, "tcp://gpu07:29734")
+    assert dist.launch_from_env(dict(slurm, SLURM_LAUNCH_NODE_IPADDR="10.0.0.2")).init_method == "tcp://10.0.0.2:29734"
+    assert dist.launch_from_env(slurm, master_addr="m", master_port=1).init_method == "tcp://m:1"
+    assert dist.launch_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).init_method is None
+    assert dist.launch_from_env(dict(slurm, RANK="0", WORLD_SIZE="2")).launcher == "torchrun"

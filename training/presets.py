@@ -1,0 +1,131 @@
+"""Training configurations for ``train.py --cfg`` (reference.md §6.1 for 'released-512').
+
+A preset fixes the network sizes and the defaults of the run; every default can be overridden by
+a ``train.py`` flag. The superresolution variants produce 128, 256 or 512 px images
+(spherehead.networks.superresolution), so 128 px is the smallest image size any preset can train at.
+
+* ``released-512``: the official SphereHead networks and schedule (8 GPUs, batch 32).
+* ``small-128``: a one-GPU research size (128 px, tri-planes 128², 24+24 samples per ray).
+* ``tiny-128``: for tests and CPU smoke runs — 128 px output from a 16² neural rendering with
+  8+8 samples per ray, 16-channel convolutions and 64-d latents; a few seconds per iteration
+  on two CPU cores.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from spherehead.networks.presets import discriminator_kwargs, generator_kwargs
+from training.loss import PARSING_CLASSES, LossOptions
+from training.training_loop import TrainingOptions
+
+
+@dataclass(frozen=True)
+class TrainingPreset:
+    """Networks and run defaults of one ``--cfg``."""
+    name: str
+    G_kwargs: Dict[str, Any]          # TriPlaneGenerator kwargs *with* the parsing head
+    D_kwargs: Dict[str, Any]          # MaskDualDiscriminatorV2 kwargs (parsing channels added by networks())
+    nrr: int                          # initial neural rendering resolution
+    gpus: int
+    batch: int
+    batch_gpu: int
+    kimg: float
+    tick: float                       # kimg per tick
+    snap: int                         # ticks per network snapshot
+    img_snap: int                     # ticks per image grid
+    back_repeat: int = 4
+    mirror: bool = True
+    workers: int = 3
+
+    def networks(self, parsing: bool):
+        """(G_kwargs, D class name, D_kwargs) with or without the parsing branch.
+
+        Without parsing the generator has no parsing head and D is PanoHead's MaskDualDiscriminatorV2,
+        so the ablation is the PanoHead-style model rather than one carrying untrained weights."""
+        G_kwargs = copy.deepcopy(self.G_kwargs)
+        G_kwargs["parsing_flag"] = bool(parsing)
+        D_kwargs = copy.deepcopy(self.D_kwargs)
+        if parsing:
+            D_kwargs["parsing_channels"] = PARSING_CLASSES
+        return G_kwargs, ("HoloDiscriminator" if parsing else "MaskDualDiscriminatorV2"), D_kwargs
+
+
+def _small_latents(G_kwargs: Dict[str, Any], dim: int) -> Dict[str, Any]:
+    """Shrink z/w (the superresolution blocks follow G's w_dim)."""
+    G_kwargs.update(z_dim=dim, w_dim=dim)
+    return G_kwargs
+
+
+PRESETS: Dict[str, TrainingPreset] = {
+    "released-512": TrainingPreset(
+        "released-512", generator_kwargs(), discriminator_kwargs(), nrr=64, gpus=8, batch=32, batch_gpu=4,
+        kimg=25000, tick=4, snap=50, img_snap=50),
+    "small-128": TrainingPreset(
+        "small-128",
+        generator_kwargs(img_resolution=128, channel_base=16384, channel_max=256, triplane_size=128,
+                         depth_resolution=24),
+        discriminator_kwargs(128, 16384, 256, mbstd_group_size=4, seg_resolution=128),
+        nrr=64, gpus=1, batch=16, batch_gpu=8, kimg=5000, tick=4, snap=25, img_snap=25),
+    "tiny-128": TrainingPreset(
+        "tiny-128",
+        _small_latents(generator_kwargs(img_resolution=128, channel_base=256, channel_max=16, triplane_size=32,
+                                        depth_resolution=8, sr_num_fp16_res=0), 64),
+        discriminator_kwargs(128, 256, 16, mbstd_group_size=2, num_fp16_res=0, seg_resolution=64),
+        nrr=16, gpus=1, batch=4, batch_gpu=4, kimg=1, tick=0.04, snap=5, img_snap=5, back_repeat=1,
+        mirror=True, workers=1),
+}
+
+
+def get_preset(name: str) -> TrainingPreset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown training config {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def preset_names() -> list:
+    return list(PRESETS)
+
+
+def _pick(value, default):
+    return default if value is None else value
+
+
+def make_training_options(cfg: str, data: str, *, parsing: bool = True, batch: Optional[int] = None,
+                          batch_gpu: Optional[int] = None, world_size: int = 1, kimg: Optional[float] = None,
+                          tick: Optional[float] = None, snap: Optional[int] = None, img_snap: Optional[int] = None,
+                          # snap / img_snap: ticks between snapshots / image grids, 0 = never
+                          seed: int = 0, resume: Optional[str] = None, resume_blur: bool = False,
+                          vico_weight: float = 1.0, vico_min_angle: float = 30.0, vico_rampup: float = 0.0,
+                          vico_r1: bool = False, gpc_prob: Optional[float] = 0.7, density_reg: float = 0.0,
+                          back_repeat: Optional[int] = None, mirror: Optional[bool] = None, nrr: Optional[int] = None,
+                          nrr_final: Optional[int] = None, lr_g: Optional[float] = None, lr_d: Optional[float] = None,
+                          r1_gamma: Optional[float] = None) -> TrainingOptions:
+    """TrainingOptions of preset ``cfg`` with ``train.py``'s overrides (None keeps the preset's value).
+
+    ``batch_gpu`` defaults to ``batch / world_size`` capped at the preset's ``batch_gpu``. ``gpc_prob``
+    None turns generator pose conditioning off: the loss then feeds zero conditioning, and the
+    generator gets ``c_scale = 0`` so that it also ignores the camera at inference (upstream's
+    ``c_gen_conditioning_zero`` would move the *render* camera to zero as well, §10 item 2).
+    """
+    p = get_preset(cfg)
+    G_kwargs, D_class, D_kwargs = p.networks(parsing)
+    rk = G_kwargs["rendering_kwargs"]
+    rk.update(gpc_reg_prob=gpc_prob, density_reg=density_reg)   # recorded as upstream does (§2.2)
+    if gpc_prob is None:
+        rk["c_scale"] = 0.0
+    batch = _pick(batch, p.batch)
+    r1 = _pick(r1_gamma, 1.0)
+    loss = LossOptions(r1_gamma=r1, nrr_initial=_pick(nrr, p.nrr), nrr_final=nrr_final, gpc_reg_prob=gpc_prob,
+                       density_reg=density_reg, parsing=parsing, vico_weight=vico_weight,
+                       vico_min_angle_deg=vico_min_angle, vico_rampup_kimg=vico_rampup, vico_r1=vico_r1)
+    dataset_kwargs = dict(path=data, resolution=G_kwargs["img_resolution"], use_labels=True,
+                          xflip=_pick(mirror, p.mirror), back_repeat=_pick(back_repeat, p.back_repeat),
+                          load_masks=True, load_parsing=parsing)
+    return TrainingOptions(
+        dataset_kwargs=dataset_kwargs, G_kwargs=G_kwargs, D_class=D_class, D_kwargs=D_kwargs, loss_opts=loss,
+        batch=batch, batch_gpu=_pick(batch_gpu, max(min(p.batch_gpu, batch // max(world_size, 1)), 1)),
+        total_kimg=_pick(kimg, p.kimg), kimg_per_tick=_pick(tick, p.tick),
+        snapshot_ticks=_pick(snap, p.snap) or None, image_snapshot_ticks=_pick(img_snap, p.img_snap) or None, G_lr=_pick(lr_g, 0.0025), D_lr=_pick(lr_d, 0.002),
+        resume=resume, resume_blur=resume_blur, seed=seed, cfg=cfg)

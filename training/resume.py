@@ -1,0 +1,171 @@
+"""Run folders and resume states: what lets ``train.py`` continue a run exactly when the same command
+is rerun.
+
+* A **run folder** is ``{outdir}/{id:05d}-{cfg}-{dataset}``. :func:`find_run_dir` reuses the newest
+  folder whose ``training_options.json`` equals the new options when resuming from 'latest', ignoring
+  ``total_kimg`` (a run is extended by rerunning it with a larger ``--kimg``), ``resume`` (a crashed
+  run or fine-tune is continued by rerunning it with ``--resume latest``) and ``launch`` (processes and
+  device may change); otherwise it creates the next id.
+* A **resume state** ``resume-state-{kimg:06d}.pt`` is one self-contained file: the state dicts of G,
+  G_ema and D, both optimisers, the counters, the loss-schedule switch, every rank's RNG states and
+  the data position. It is written atomically (temp file in the run folder, fsync, ``os.replace``),
+  so a file under its final name is always complete; :func:`latest_state` picks the one with the
+  most images shown and skips anything unreadable. Only tensors, numbers, strings, lists and dicts
+  are stored, so it loads with ``torch.load(weights_only=True)`` (no code runs on load).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import re
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from spherehead.fileio import atomic_path
+
+STATE_FORMAT = "spherehead-resume-state"
+STATE_VERSION = 1
+STATE_PATTERN = re.compile(r"resume-state-(\d{6,})\.pt")
+OPTIONS_FILE = "training_options.json"
+UNMATCHED_OPTIONS = ("total_kimg", "resume", "launch")  # may differ in a rerun that continues the run
+
+
+class ResumeError(ValueError):
+    """A run folder or resume state cannot be used; the message names the file."""
+
+
+# ------------------------------------------------------------------------------------- run folders
+
+def _run_id(name: str) -> Optional[int]:
+    m = re.match(r"(\d{5,})-", name)
+    return int(m.group(1)) if m else None
+
+
+def _comparable(options: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in UNMATCHED_OPTIONS}
+
+
+def matching_run_dir(outdir: str, options: Dict[str, Any]) -> Optional[str]:
+    """Newest ``{id}-*`` folder of ``outdir`` whose training_options.json matches ``options``."""
+    if not os.path.isdir(outdir):
+        return None
+    want = _comparable(json.loads(json.dumps(options)))   # JSON round trip: tuples -> lists
+    found = []
+    for name in os.listdir(outdir):
+        run_id, path = _run_id(name), os.path.join(outdir, name)
+        if run_id is None or not os.path.isfile(os.path.join(path, OPTIONS_FILE)):
+            continue
+        try:
+            with open(os.path.join(path, OPTIONS_FILE), encoding="utf-8") as f:
+                if _comparable(json.load(f)) == want:
+                    found.append((run_id, path))
+        except (OSError, ValueError):
+            continue
+    return max(found)[1] if found else None
+
+
+def new_run_dir(outdir: str, desc: str) -> str:
+    """``{outdir}/{next id:05d}-{desc}`` (not created)."""
+    ids = [i for i in (_run_id(n) for n in (os.listdir(outdir) if os.path.isdir(outdir) else [])) if i is not None]
+    return os.path.join(outdir, f"{max(ids, default=-1) + 1:05d}-{desc}")
+
+
+def find_run_dir(outdir: str, desc: str, options: Dict[str, Any], resume: Optional[str]) -> str:
+    """The run folder for these options: a matching existing one when ``resume == 'latest'``, else a new one."""
+    if resume == "latest":
+        found = matching_run_dir(outdir, options)
+        if found is not None:
+            return found
+    return new_run_dir(outdir, desc)
+
+
+# ------------------------------------------------------------------------------------------ RNG state
+
+def rng_state() -> Dict[str, Any]:
+    """torch (CPU and CUDA), numpy and Python RNG states as tensors / plain values."""
+    mt, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    out = {"torch": torch.get_rng_state(),
+           "numpy": {"kind": mt, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                     "has_gauss": int(has_gauss), "gauss": float(gauss)},
+           "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                      "gauss_next": gauss_next}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(x) for x in p["internal"].tolist()), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# -------------------------------------------------------------------------------------- resume states
+
+def state_path(run_dir: str, cur_nimg: int) -> str:
+    return os.path.join(run_dir, f"resume-state-{cur_nimg // 1000:06d}.pt")
+
+
+def save_state(path: str, state: Dict[str, Any]) -> None:
+    """Write ``state`` atomically: temp file beside ``path``, fsync, rename."""
+    state = dict(state, format=STATE_FORMAT, version=STATE_VERSION)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def load_state(path: str) -> Dict[str, Any]:
+    """Read a resume state (tensors and plain values only; nothing executes)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # truncated, not a torch file, foreign objects: all mean "unusable"
+        raise ResumeError(f"{path}: not a readable resume state ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ResumeError(f"{path}: not a spherehead resume state")
+    if state.get("version") != STATE_VERSION:
+        raise ResumeError(f"{path}: resume state version {state.get('version')!r}, this code reads {STATE_VERSION}")
+    return state
+
+
+def state_files(run_dir: str) -> List[str]:
+    """Resume-state files of a run folder, oldest first by name (temp files, hidden, are ignored)."""
+    names = [os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(run_dir), "resume-state-*.pt"))]
+    return [os.path.join(run_dir, n) for n in sorted(n for n in names if STATE_PATTERN.fullmatch(n))]
+
+
+def latest_state(run_dir: str, log=print) -> Optional[Dict[str, Any]]:
+    """The newest readable state of ``run_dir`` (names sort by kimg), or None when it has none.
+
+    Within one kimg the file is simply overwritten at each snapshot, so its name still points at the
+    newest state; an unreadable file (only possible when written by something else) is skipped."""
+    for path in reversed(state_files(run_dir)):
+        try:
+            state = load_state(path)
+        except ResumeError as e:
+            log(f"skipping {e}")
+            continue
+        state["path"] = path
+        return state
+    return None
+
+
+def prune_states(run_dir: str, keep: int) -> None:
+    """Delete all but the newest ``keep`` resume states (network snapshots are never deleted)."""
+    if keep <= 0:
+        return
+    for path in state_files(run_dir)[:-keep]:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
