@@ -38,7 +38,6 @@ import platform
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from typing import Any, Callable, Dict, List, Optional
@@ -282,18 +281,9 @@ def _timed(step: Callable[[], Dict[str, float]], warmup: int, iters: int, sync: 
 
 
 def write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=".json.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``obj`` as JSON to ``path`` atomically (spherehead.fileio)."""
+    from spherehead.fileio import write_bytes
+    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 # ----------------------------------------------------------------------------- CLI

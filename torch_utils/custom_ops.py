@@ -27,6 +27,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
+from torch_utils.ops.dispatch import resolve_impl
+
 OPS_DIR = Path(__file__).resolve().parent / "ops"
 BUILD_SUBDIR = "spherehead"
 # Host flags for the bindings and device flags for the kernels. No --use_fast_math: the kernels
@@ -249,6 +251,24 @@ class LazyKernel:
         """Forget the outcome (tests; or after fixing the toolchain in a long-lived process)."""
         with self._lock:
             self._state, self.module, self.failure = None, None, None
+
+    def wanted(self, impl: str, tensor, problem: Callable[[], Optional[str]]) -> bool:
+        """Whether this call runs the kernel. ``problem()`` names an input the kernel cannot take
+        (None: it can); that is an error when the caller insisted on the kernel (impl='cuda', or
+        SPHEREHEAD_OPS=cuda under 'auto'), else a quiet fall back to the reference."""
+        try:
+            which = resolve_impl(self.op, impl, tensor)
+        except RuntimeError as exc:
+            raise self.explain(exc) from None
+        if which != "cuda":
+            return False
+        reason = problem()
+        if reason is None:
+            return True
+        strict = impl == "cuda" or (impl == "auto" and os.environ.get("SPHEREHEAD_OPS", "").strip().lower() == "cuda")
+        if strict:
+            raise RuntimeError(f"{self.op}: impl='cuda' requested but the CUDA kernel cannot take {reason}")
+        return False
 
     def explain(self, exc: RuntimeError) -> RuntimeError:
         """``exc`` (dispatch's impl='cuda' error) with the reason the kernel is unavailable appended."""

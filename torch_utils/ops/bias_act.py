@@ -8,7 +8,6 @@ arithmetic); other combinations run the reference under impl='auto'.
 from __future__ import annotations
 
 import math
-import os
 from typing import Callable, Optional
 
 import torch
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .. import custom_ops
-from .dispatch import register_cuda_kernel, resolve_impl
+from .dispatch import register_cuda_kernel
 
 # name -> (function, default gain). lrelu uses slope 0.2 and gain sqrt(2) (reference.md §2.4).
 ACTIVATIONS = {
@@ -72,24 +71,15 @@ _NONE = torch.empty(0)  # "no tensor" for the bindings' optional arguments
 
 
 def _use_cuda(impl: str, x: torch.Tensor, b: Optional[torch.Tensor], dim: int) -> bool:
-    try:
-        which = resolve_impl("bias_act", impl, x)
-    except RuntimeError as exc:
-        raise _KERNEL.explain(exc) from None
-    if which != "cuda":
-        return False
-    problem = None
-    if x.dtype not in _CUDA_DTYPES:
-        problem = f"x of dtype {x.dtype}"
-    elif x.ndim == 0:
-        problem = "a 0-d x"
-    elif b is not None and (b.dtype != x.dtype or b.device != x.device or b.ndim != 1):
-        problem = f"a bias of dtype {b.dtype} on {b.device} with x of dtype {x.dtype} (the kernel does no promotion)"
-    if problem is None:
-        return True
-    if impl == "cuda" or os.environ.get("SPHEREHEAD_OPS", "").strip().lower() == "cuda":
-        raise RuntimeError(f"bias_act: impl='cuda' requested but the CUDA kernel cannot take {problem}")
-    return False
+    def problem():
+        if x.dtype not in _CUDA_DTYPES:
+            return f"x of dtype {x.dtype}"
+        if x.ndim == 0:
+            return "a 0-d x"
+        if b is not None and (b.dtype != x.dtype or b.device != x.device or b.ndim != 1):
+            return f"a bias of dtype {b.dtype} on {b.device} with x of dtype {x.dtype} (the kernel does no promotion)"
+        return None
+    return _KERNEL.wanted(impl, x, problem)
 
 
 def _reduce_to_bias(g: torch.Tensor, dim: int) -> torch.Tensor:

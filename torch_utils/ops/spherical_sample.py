@@ -21,7 +21,6 @@ gradients; it is once-differentiable (no double backward).
 from __future__ import annotations
 
 import math
-import os
 from typing import Callable, Optional
 
 import torch
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .. import custom_ops
-from .dispatch import register_cuda_kernel, resolve_impl
+from .dispatch import register_cuda_kernel
 
 FUSION_EPS = 1e-8
 
@@ -130,28 +129,14 @@ def _spherical_sample_ref(planes, coords, box_warp, reduce):
 _CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _strict(impl: str) -> bool:
-    """True when the caller insisted on the kernel (impl='cuda', or SPHEREHEAD_OPS=cuda under 'auto')."""
-    return impl == "cuda" or (impl == "auto" and os.environ.get("SPHEREHEAD_OPS", "").strip().lower() == "cuda")
-
-
 def _use_cuda(impl: str, planes: torch.Tensor, coords: torch.Tensor) -> bool:
-    try:
-        which = resolve_impl("spherical_sample", impl, planes)
-    except RuntimeError as exc:
-        raise _KERNEL.explain(exc) from None
-    if which != "cuda":
-        return False
-    problem = None
-    if planes.dtype not in _CUDA_DTYPES:
-        problem = f"planes of dtype {planes.dtype} (it takes float32, float16 or bfloat16)"
-    elif coords.device != planes.device or not coords.is_floating_point():
-        problem = f"coords of dtype {coords.dtype} on {coords.device} (needs floating point on {planes.device})"
-    if problem is None:
-        return True
-    if _strict(impl):
-        raise RuntimeError(f"spherical_sample: impl='cuda' requested but the CUDA kernel cannot take {problem}")
-    return False
+    def problem():
+        if planes.dtype not in _CUDA_DTYPES:
+            return f"planes of dtype {planes.dtype} (it takes float32, float16 or bfloat16)"
+        if coords.device != planes.device or not coords.is_floating_point():
+            return f"coords of dtype {coords.dtype} on {coords.device} (needs floating point on {planes.device})"
+        return None
+    return _KERNEL.wanted(impl, planes, problem)
 
 
 def _rotation_entries() -> list:

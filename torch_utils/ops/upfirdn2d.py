@@ -7,14 +7,13 @@ a constant: a filter that requires grad runs the reference under impl='auto'.
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 from .. import custom_ops
-from .dispatch import register_cuda_kernel, resolve_impl
+from .dispatch import register_cuda_kernel
 
 Padding = Union[int, Sequence[int]]
 
@@ -87,24 +86,15 @@ _CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _use_cuda(impl: str, x: torch.Tensor, f: torch.Tensor) -> bool:
-    try:
-        which = resolve_impl("upfirdn2d", impl, x)
-    except RuntimeError as exc:
-        raise _KERNEL.explain(exc) from None
-    if which != "cuda":
-        return False
-    problem = None
-    if x.dtype not in _CUDA_DTYPES or x.ndim != 4:
-        problem = f"x of dtype {x.dtype} and shape {list(x.shape)} (it takes float32/float16/bfloat16 [N, C, H, W])"
-    elif f.ndim != 2 or f.device != x.device:
-        problem = f"a filter of shape {list(f.shape)} on {f.device}"
-    elif f.requires_grad and torch.is_grad_enabled():
-        problem = "a filter that requires grad (the kernel treats the filter as a constant)"
-    if problem is None:
-        return True
-    if impl == "cuda" or os.environ.get("SPHEREHEAD_OPS", "").strip().lower() == "cuda":
-        raise RuntimeError(f"upfirdn2d: impl='cuda' requested but the CUDA kernel cannot take {problem}")
-    return False
+    def problem():
+        if x.dtype not in _CUDA_DTYPES or x.ndim != 4:
+            return f"x of dtype {x.dtype} and shape {list(x.shape)} (it takes float32/float16/bfloat16 [N, C, H, W])"
+        if f.ndim != 2 or f.device != x.device:
+            return f"a filter of shape {list(f.shape)} on {f.device}"
+        if f.requires_grad and torch.is_grad_enabled():
+            return "a filter that requires grad (the kernel treats the filter as a constant)"
+        return None
+    return _KERNEL.wanted(impl, x, problem)
 
 
 def _correlation_filter(f: torch.Tensor, flip_filter: bool, gain: float) -> torch.Tensor:
