@@ -1,0 +1,247 @@
+"""Artifact rate: how often back-view renders show face parts (the "face on the back of the head" failure).
+
+A small fully convolutional CNN learns, from the synthetic reals and their parsing maps, which
+cells of an image (4×4 pixels at detector resolution) are face parts (eyes, brows, nose, mouth,
+lips, glasses); an image is flagged when the expected number of face-part cells reaches a threshold
+calibrated on the training images. Dense targets were chosen over a per-image "face visible"
+label because every cell of every image is a training sample, which matters with a few hundred
+images (a per-image classifier did poorly on held-out back views in a short trial; docs/metrics.md).
+Its per-image accuracy (target: at least ``min_fraction`` of the pixels are face parts) is measured on
+held-out heads, front and back views separately; then G is rendered at the dataset's back cameras
+(|yaw| >= 150°) and the flagged fraction is reported.
+
+The trained detector is cached as safetensors keyed by the dataset (path, labels, file names) and
+the training options, so it is trained once per dataset.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spherehead.camera import camera_yaw_pitch
+from training.metrics.features import MetricError, cache_dir
+from training.metrics.fid import Renderer, dataset_labels, sample_cameras, yaw_bin_mask
+from spherehead.parsing import CLASS_INDEX
+
+# Facial hair is left out: a beard can show below the head from behind, which is not an artifact.
+DETECTOR_CLASSES = tuple(CLASS_INDEX[n] for n in (
+    "l_brow", "r_brow", "l_eye", "r_eye", "eyeglasses", "nose", "mouth", "u_lip", "l_lip"))
+BACK_YAW_DEG = 150.0
+
+
+@dataclass
+class DetectorOptions:
+    resolution: int = 64          # images are resized to this before the detector
+    width: int = 32               # channels of the detector's inner layers
+    steps: int = 1000            # ~30 s on 2 idle CPU cores; 200-400 steps left back views poorly separated
+    batch: int = 32
+    lr: float = 3e-3
+    min_fraction: float = 0.004   # face-part pixels / image pixels for a positive (16 px at 64²)
+    holdout: float = 0.25         # fraction of heads held out for the accuracy report
+    seed: int = 0
+
+
+class FacePartDetector(torch.nn.Module):
+    """Fully convolutional face-part segmenter: images [N, 3, H, W] (uint8, or float in [-1, 1]) ->
+    logits [N, r/4, r/4] of "this cell is a face part", at detector resolution r.
+
+    Dense targets (every cell of every training image is a sample) help it learn from a few hundred
+    images; its receptive field (~27 px) is local, sized for eyes and mouths rather than whole heads.
+    """
+
+    def __init__(self, resolution: int = 64, width: int = 32):
+        super().__init__()
+        self.resolution = resolution
+        self.convs = torch.nn.ModuleList([
+            torch.nn.Conv2d(3, width // 2, 3, stride=2, padding=1),
+            torch.nn.Conv2d(width // 2, width, 3, stride=2, padding=1),
+            torch.nn.Conv2d(width, width, 3, padding=2, dilation=2)])
+        self.out = torch.nn.Conv2d(width, 1, 1)
+        # Set after training from the training images (see _calibrate); saved with the weights.
+        self.register_buffer("threshold", torch.tensor(0.5))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
+        if x.shape[-1] != self.resolution:
+            x = F.interpolate(x, size=(self.resolution,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.2)
+        return self.out(x)[:, 0]
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        """Expected number [N] of face-part cells in each image."""
+        return torch.sigmoid(self(images)).sum(dim=(1, 2))
+
+    def flags(self, images: torch.Tensor) -> torch.Tensor:
+        """bool [N]: the image shows face parts (score at or above the calibrated threshold)."""
+        return self.score(images) >= self.threshold
+
+
+def face_part_target(parsing: np.ndarray, min_fraction: float) -> bool:
+    """True when at least ``min_fraction`` of the parsing map [H, W] is of :data:`DETECTOR_CLASSES`."""
+    return bool(np.isin(parsing, DETECTOR_CLASSES).sum() >= min_fraction * parsing.size)
+
+
+def face_part_map(parsing: np.ndarray, cells: int) -> torch.Tensor:
+    """Fraction float32 [cells, cells] of each cell of the parsing map [H, W] that is a face part."""
+    mask = torch.from_numpy(np.isin(parsing, DETECTOR_CLASSES).astype(np.float32))[None, None]
+    return F.adaptive_avg_pool2d(mask, cells)[0, 0]
+
+
+def _load_set(dataset, opts: DetectorOptions):
+    """Images uint8 [N, 3, r, r] at detector size, face-part maps [N, r/4, r/4], per-image targets bool [N],
+    labels [N, 25], head group ids [N]."""
+    if not dataset.has_parsing:
+        raise MetricError("the artifact detector needs a dataset with parsing maps (e.g. the synthetic set)")
+    images, maps, targets, labels, groups = [], [], [], [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        img = torch.from_numpy(item["image"])[None].float()
+        if img.shape[-1] != opts.resolution:
+            img = F.interpolate(img, size=(opts.resolution,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        images.append(img.round().clamp(0, 255).to(torch.uint8))
+        targets.append(face_part_target(item["parsing"], opts.min_fraction))
+        maps.append(face_part_map(item["parsing"], opts.resolution // 4))
+        labels.append(item["label"])
+        name = dataset.raw_name(i)
+        groups.append(name.split("/")[0] if "/" in name else name)   # synthetic sets: one folder per head
+    return (torch.cat(images), torch.stack(maps), np.array(targets), torch.from_numpy(np.stack(labels)),
+            np.array(groups))
+
+
+def _accuracy(model, images, targets) -> Optional[float]:
+    if len(targets) == 0:
+        return None
+    pred = _scores(model, images) >= float(model.threshold)
+    return float((pred == targets).mean())
+
+
+def _augment(x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mirror, shift by whole target cells (up to 2) and scale each colour channel by 0.8-1.2 — images
+    [N, 3, r, r] in [-1, 1] and their maps [N, r/4, r/4] alike. With a few hundred training images these
+    keep the detector from memorising the colours and placement of particular heads. Uses the global
+    RNG (seeded by the caller)."""
+    n, cell = x.shape[0], x.shape[-1] // y.shape[-1]
+    flip = torch.rand(n) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    y = torch.where(flip[:, None, None], y.flip(-1), y)
+    dy, dx = (int(v) for v in torch.randint(-2, 3, (2,)))
+    x, y = torch.roll(x, (dy * cell, dx * cell), dims=(2, 3)), torch.roll(y, (dy, dx), dims=(1, 2))
+    gain = 0.8 + 0.4 * torch.rand(n, 3, 1, 1)
+    return ((x + 1) * gain - 1).clamp(-1, 1), y
+
+
+def _scores(model, images) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([model.score(x) for x in images.split(256)]).numpy()
+
+
+def _calibrate(model, images, targets) -> float:
+    """The score threshold with the best balanced accuracy on the training images. The loss up-weights
+    rare face cells, so probabilities are not calibrated; and one stray cell on a back view should
+    not flag it, which a fixed "any cell" rule would do."""
+    scores = _scores(model, images)
+    cands = np.unique(scores)
+    cands = np.concatenate([[cands[0] - 1], (cands[1:] + cands[:-1]) / 2, [cands[-1] + 1]])
+    pos, neg = targets, ~targets
+    bal = [((scores[pos] >= t).mean() + (scores[neg] < t).mean()) / 2 for t in cands]
+    return float(cands[int(np.argmax(bal))])
+
+
+def train_detector(dataset, opts: DetectorOptions = DetectorOptions(),
+                   progress: Optional[Callable[[int], None]] = None) -> Tuple[FacePartDetector, Dict]:
+    """Train on all but ``opts.holdout`` of the heads; report held-out accuracy (all, front, back)."""
+    images, maps, targets, labels, groups = _load_set(dataset, opts)
+    if targets.all() or not targets.any():
+        raise MetricError("the detector needs images both with and without face parts (front and back views)")
+    rng = np.random.RandomState(opts.seed)
+    heads = rng.permutation(sorted(set(groups)))
+    held = np.isin(groups, heads[:int(round(len(heads) * opts.holdout))])
+    train_idx = np.flatnonzero(~held)
+    with torch.random.fork_rng(devices=[]):   # deterministic in opts.seed, global RNG untouched
+        torch.manual_seed(opts.seed)
+        model = FacePartDetector(opts.resolution, opts.width)
+        optim = torch.optim.Adam(model.parameters(), lr=opts.lr)
+        # Face-part cells are rare (a few % of all cells): weight them up so they are not ignored.
+        pos = float(maps[train_idx].mean())
+        pos_weight = torch.tensor(min(0.25 * (1 - pos) / max(pos, 1e-6), 5.0))
+        for step in range(opts.steps):
+            idx = torch.from_numpy(train_idx[rng.randint(len(train_idx), size=opts.batch)])
+            x, y = _augment(images[idx].float() / 127.5 - 1, maps[idx])
+            loss = F.binary_cross_entropy_with_logits(model(x), y, pos_weight=pos_weight)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            if progress is not None:
+                progress(step)
+    model.eval().requires_grad_(False)
+    model.threshold.fill_(_calibrate(model, images[train_idx], targets[train_idx]))
+    front, back = yaw_bin_mask(labels, "front"), yaw_bin_mask(labels, "back")
+    report = {"heldout_accuracy": _accuracy(model, images[held], targets[held]),
+              "heldout_front_accuracy": _accuracy(model, images[held & front], targets[held & front]),
+              "heldout_back_accuracy": _accuracy(model, images[held & back], targets[held & back]),
+              "heldout_images": int(held.sum()), "train_images": int((~held).sum()),
+              "positive_fraction": float(targets.mean())}
+    return model, report
+
+
+def _cache_key(dataset, dataset_path: str, opts: DetectorOptions) -> str:
+    """Path + a hash of the labels, names and size: a rewritten dataset at the same path gets a new key."""
+    h = hashlib.sha256()
+    h.update(os.path.abspath(os.fspath(dataset_path)).encode())
+    h.update(np.stack([dataset.get_label(i) for i in range(len(dataset))]).tobytes())
+    h.update("\n".join(dataset.raw_name(i) for i in range(len(dataset))).encode())
+    h.update(str(dataset.resolution).encode())
+    h.update(json.dumps(asdict(opts), sort_keys=True).encode())
+    return h.hexdigest()[:24]
+
+
+def load_or_train_detector(dataset, dataset_path, opts: DetectorOptions = DetectorOptions(),
+                           cache: Optional[str] = None, progress=None) -> Tuple[FacePartDetector, Dict]:
+    """The detector for ``dataset`` from ``<cache>/detectors/<key>.safetensors``, trained and saved if absent."""
+    from safetensors.torch import load_file, safe_open, save_file
+    folder = os.path.join(cache_dir(cache), "detectors")
+    path = os.path.join(folder, f"face-parts-{_cache_key(dataset, dataset_path, opts)}.safetensors")
+    if os.path.isfile(path):
+        with safe_open(path, "pt") as f:
+            report = json.loads(f.metadata()["report"])
+        model = FacePartDetector(opts.resolution, opts.width)
+        model.load_state_dict(load_file(path))
+        return model.eval().requires_grad_(False), dict(report, cached=True)
+    model, report = train_detector(dataset, opts, progress)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:   # temp file + rename: a crash never leaves a truncated cache entry
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp,
+                  metadata={"report": json.dumps(report), "options": json.dumps(asdict(opts))})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return model, dict(report, cached=False)
+
+
+def artifact_rate(renderer: Renderer, dataset, detector: FacePartDetector, num_gen: int = 1000, seed: int = 0,
+                  min_yaw_deg: float = BACK_YAW_DEG, batch: int = 32) -> Dict[str, float]:
+    """Fraction of ``num_gen`` renders at dataset cameras with |yaw| >= ``min_yaw_deg`` flagged as showing
+    face parts."""
+    labels = dataset_labels(dataset)
+    back = labels[camera_yaw_pitch(labels, degrees=True)[0].abs() >= min_yaw_deg]
+    if back.shape[0] == 0:
+        raise MetricError(f"the dataset has no cameras with |yaw| >= {min_yaw_deg:g}°")
+    gen = torch.Generator().manual_seed(seed)
+    cams = sample_cameras(back, num_gen, gen)
+    flagged = 0
+    with torch.no_grad():
+        for c in cams.split(batch):
+            flagged += int(detector.flags(renderer(c, gen)).sum())
+    return {"artifact_rate": flagged / num_gen}
