@@ -6,15 +6,6 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
-namespace spherehead {
-namespace bias_act {
-__host__ __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__host__ __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__host__ __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-__host__ __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-}  // namespace bias_act
-}  // namespace spherehead
-
 #include "bias_act.h"
 
 namespace spherehead {

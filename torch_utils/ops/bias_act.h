@@ -8,13 +8,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#ifndef SPHEREHEAD_HD
-#if defined(__CUDACC__)
-#define SPHEREHEAD_HD __host__ __device__ __forceinline__
-#else
-#define SPHEREHEAD_HD inline
-#endif
-#endif
+#include "elem.h"
 
 namespace spherehead {
 namespace bias_act {
@@ -39,8 +33,6 @@ struct Params {
   bool has_bias;
 };
 
-SPHEREHEAD_HD float to_float(float v) { return v; }
-SPHEREHEAD_HD void store(float* p, float v) { *p = v; }
 
 // f(x), f'(x), f''(x) of the activation.
 SPHEREHEAD_HD void activation(int act, float x, float& f, float& d1, float& d2) {

@@ -167,7 +167,7 @@ def _cuda_call(x, b, dim, act, gain, clamp):
 
 
 def _build():
-    return custom_ops.get_extension("bias_act", sources=["bias_act.cpp", "bias_act.cu"], headers=["bias_act.h"])
+    return custom_ops.get_extension("bias_act", sources=["bias_act.cpp", "bias_act.cu"], headers=["bias_act.h", "elem.h"])
 
 
 def _self_check_kernel(module) -> Optional[str]:

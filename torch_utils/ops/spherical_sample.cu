@@ -14,17 +14,6 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
-// Element conversions for the reduced-precision types, declared before the shared header so that
-// its templates find them.
-namespace spherehead {
-namespace sph {
-__host__ __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__host__ __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__host__ __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-__host__ __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-}  // namespace sph
-}  // namespace spherehead
-
 #include "spherical_sample.h"
 
 namespace spherehead {

@@ -22,13 +22,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#ifndef SPHEREHEAD_HD
-#if defined(__CUDACC__)
-#define SPHEREHEAD_HD __host__ __device__ __forceinline__
-#else
-#define SPHEREHEAD_HD inline
-#endif
-#endif
+#include "elem.h"
 
 namespace spherehead {
 namespace sph {
@@ -37,9 +31,7 @@ constexpr float kPi = 3.14159265358979323846f;
 constexpr float kSqrt3 = 1.73205080756887729353f;
 constexpr float kFusionEps = 1e-8f;  // FUSION_EPS in spherical_sample.py
 
-// Element types: float here; the CUDA build adds __half / __nv_bfloat16 overloads before including.
-SPHEREHEAD_HD float to_float(float v) { return v; }
-SPHEREHEAD_HD void store(float* p, float v) { *p = v; }
+// Element types: to_float / store from elem.h (float always; __half / __nv_bfloat16 in CUDA builds).
 
 // The two sphere rotations, row-major: q' = R_s q. Passed by value (72 bytes of kernel argument),
 // taken from SPHERE_ROTATIONS so that the float64-built matrices' ~6e-17 residual entries match the

@@ -204,7 +204,7 @@ def self_check(candidate: Callable, device: torch.device) -> Optional[str]:
 
 def _build():
     return custom_ops.get_extension("spherical_sample", sources=["spherical_sample.cpp", "spherical_sample.cu"],
-                                    headers=["spherical_sample.h"])
+                                    headers=["spherical_sample.h", "elem.h"])
 
 
 def _self_check_kernel(module) -> Optional[str]:

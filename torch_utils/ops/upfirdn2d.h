@@ -11,13 +11,7 @@
 
 #include <stdint.h>
 
-#ifndef SPHEREHEAD_HD
-#if defined(__CUDACC__)
-#define SPHEREHEAD_HD __host__ __device__ __forceinline__
-#else
-#define SPHEREHEAD_HD inline
-#endif
-#endif
+#include "elem.h"
 
 namespace spherehead {
 namespace upfirdn2d {
@@ -31,8 +25,6 @@ struct Params {
   int filter_h, filter_w;
 };
 
-SPHEREHEAD_HD float to_float(float v) { return v; }
-SPHEREHEAD_HD void store(float* p, float v) { *p = v; }
 
 // The first tap t ≥ 0 with (j0 + t) divisible by up.
 SPHEREHEAD_HD int first_tap(int j0, int up) {

@@ -181,7 +181,7 @@ def self_check(candidate: Callable, device: torch.device) -> Optional[str]:
 
 
 def _build():
-    return custom_ops.get_extension("upfirdn2d", sources=["upfirdn2d.cpp", "upfirdn2d.cu"], headers=["upfirdn2d.h"])
+    return custom_ops.get_extension("upfirdn2d", sources=["upfirdn2d.cpp", "upfirdn2d.cu"], headers=["upfirdn2d.h", "elem.h"])
 
 
 def _self_check_kernel(module) -> Optional[str]:
