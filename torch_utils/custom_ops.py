@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
-from torch_utils.ops.dispatch import resolve_impl
+from torch_utils.ops.dispatch import register_cuda_kernel, resolve_impl
 
 OPS_DIR = Path(__file__).resolve().parent / "ops"
 BUILD_SUBDIR = "spherehead"
@@ -275,6 +275,21 @@ class LazyKernel:
         if self.failure:
             return RuntimeError(f"{exc}\nReason: {self.failure}")
         return exc
+
+
+def op_kernel(op: str, self_check: Callable[[Callable, torch.device], Optional[str]],
+              candidate: Callable) -> LazyKernel:
+    """The kernel of ``torch_utils/ops/{op}.cpp`` + ``{op}.cu`` (headers ``{op}.h``, ``elem.h``, ``bindings.h``),
+    vetted by ``self_check(candidate, cuda device)`` and registered with dispatch."""
+    def build():
+        return get_extension(op, sources=[f"{op}.cpp", f"{op}.cu"], headers=[f"{op}.h", "elem.h", "bindings.h"])
+
+    def check(module) -> Optional[str]:
+        return self_check(candidate, torch.device("cuda", torch.cuda.current_device()))
+
+    kernel = LazyKernel(op, build, check)
+    register_cuda_kernel(op, kernel.is_available)
+    return kernel
 
 
 # ----------------------------------------------------------------------------- op-level overrides

@@ -3,19 +3,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "bindings.h"
 #include "bias_act.h"
 
 namespace {
-
-int dtype_code(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return 0;
-    case at::kHalf: return 1;
-    case at::kBFloat16: return 2;
-    default: TORCH_CHECK(false, "bias_act (CUDA): x must be float32, float16 or bfloat16, got ", t);
-  }
-  return -1;
-}
 
 // x contiguous; b [x.shape[dim]] or empty; g like x (modes 1, 2) or empty. Returns a new tensor like x.
 at::Tensor bias_act(const at::Tensor& x, const at::Tensor& b, const at::Tensor& g, int64_t mode, int64_t act,
@@ -48,7 +39,8 @@ at::Tensor bias_act(const at::Tensor& x, const at::Tensor& b, const at::Tensor& 
     for (int64_t d = dim + 1; d < x.dim(); ++d) p.inner *= x.size(d);
   const c10::cuda::CUDAGuard guard(x.device());
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
-  const char* err = spherehead::bias_act_launch(dtype_code(x.scalar_type()), p, x.data_ptr(),
+  const int dtype = spherehead::dtype_code(x.scalar_type(), "bias_act (CUDA): x");
+  const char* err = spherehead::bias_act_launch(dtype, p, x.data_ptr(),
                                                 has_bias ? b.data_ptr() : nullptr, mode != 0 ? g.data_ptr() : nullptr,
                                                 y.data_ptr(), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == nullptr, "bias_act (CUDA) kernel failed: ", err == nullptr ? "" : err);

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .. import custom_ops
-from .dispatch import register_cuda_kernel
 
 # name -> (function, default gain). lrelu uses slope 0.2 and gain sqrt(2) (reference.md §2.4).
 ACTIVATIONS = {
@@ -166,13 +165,4 @@ def _cuda_call(x, b, dim, act, gain, clamp):
     return _BiasActCuda.apply(x, b, dim % x.ndim, act, gain, clamp)
 
 
-def _build():
-    return custom_ops.get_extension("bias_act", sources=["bias_act.cpp", "bias_act.cu"], headers=["bias_act.h", "elem.h"])
-
-
-def _self_check_kernel(module) -> Optional[str]:
-    return self_check(_cuda_call, torch.device("cuda", torch.cuda.current_device()))
-
-
-_KERNEL = custom_ops.LazyKernel("bias_act", _build, _self_check_kernel)
-register_cuda_kernel("bias_act", _KERNEL.is_available)
+_KERNEL = custom_ops.op_kernel("bias_act", self_check, _cuda_call)

@@ -7,19 +7,10 @@
 
 #include <vector>
 
+#include "bindings.h"
 #include "spherical_sample.h"
 
 namespace {
-
-int dtype_code(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return 0;
-    case at::kHalf: return 1;
-    case at::kBFloat16: return 2;
-    default: TORCH_CHECK(false, "spherical_sample (CUDA): planes must be float32, float16 or bfloat16, got ", t);
-  }
-  return -1;
-}
 
 spherehead::sph::Rotations to_rotations(const std::vector<double>& rot) {
   TORCH_CHECK(rot.size() == 18, "spherical_sample (CUDA): expected 18 rotation entries (2 row-major 3x3), got ",
@@ -64,8 +55,9 @@ at::Tensor forward(const at::Tensor& planes, const at::Tensor& coords, const std
   const c10::cuda::CUDAGuard guard(planes.device());
   auto out = mean ? at::empty({sh.N, sh.M, sh.C}, planes.options())
                   : at::empty({sh.N, 3, sh.M, sh.C}, planes.options());
+  const int dtype = spherehead::dtype_code(planes.scalar_type(), "spherical_sample (CUDA): planes");
   check_launch(spherehead::spherical_sample_forward_launch(
-                   dtype_code(planes.scalar_type()), sh, planes.data_ptr(), coords.data_ptr<float>(),
+                   dtype, sh, planes.data_ptr(), coords.data_ptr<float>(),
                    to_rotations(rot), static_cast<float>(scale), out.data_ptr(),
                    c10::cuda::getCurrentCUDAStream().stream()),
                "forward");
@@ -100,8 +92,9 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& p
   }
   if (need_coords) gc = at::empty({sh.N, sh.M, 3}, f32);
   if (!need_planes && !need_coords) return {at::Tensor(), at::Tensor()};
+  const int dtype = spherehead::dtype_code(planes.scalar_type(), "spherical_sample (CUDA): planes");
   check_launch(spherehead::spherical_sample_backward_launch(
-                   dtype_code(planes.scalar_type()), sh, grad_out.data_ptr(), planes.data_ptr(),
+                   dtype, sh, grad_out.data_ptr(), planes.data_ptr(),
                    coords.data_ptr<float>(), to_rotations(rot), static_cast<float>(scale),
                    gp32.defined() ? gp32.data_ptr<float>() : nullptr,
                    gpfix.defined() ? reinterpret_cast<unsigned long long*>(gpfix.data_ptr<int64_t>()) : nullptr,

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .. import custom_ops
-from .dispatch import register_cuda_kernel
 
 FUSION_EPS = 1e-8
 
@@ -202,15 +201,6 @@ def self_check(candidate: Callable, device: torch.device) -> Optional[str]:
     return None
 
 
-def _build():
-    return custom_ops.get_extension("spherical_sample", sources=["spherical_sample.cpp", "spherical_sample.cu"],
-                                    headers=["spherical_sample.h", "elem.h"])
-
-
-def _self_check_kernel(module) -> Optional[str]:
-    return self_check(lambda p, c, bw, red, det: _SphericalSampleCuda.apply(p, c, bw, red == "mean", det),
-                      torch.device("cuda", torch.cuda.current_device()))
-
-
-_KERNEL = custom_ops.LazyKernel("spherical_sample", _build, _self_check_kernel)
-register_cuda_kernel("spherical_sample", _KERNEL.is_available)
+_KERNEL = custom_ops.op_kernel(
+    "spherical_sample", self_check,
+    lambda p, c, bw, red, det: _SphericalSampleCuda.apply(p, c, bw, red == "mean", det))

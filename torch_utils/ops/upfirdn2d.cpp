@@ -3,19 +3,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "bindings.h"
 #include "upfirdn2d.h"
 
 namespace {
-
-int dtype_code(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return 0;
-    case at::kHalf: return 1;
-    case at::kBFloat16: return 2;
-    default: TORCH_CHECK(false, "upfirdn2d (CUDA): x must be float32, float16 or bfloat16, got ", t);
-  }
-  return -1;
-}
 
 // x [N, C, H, W] contiguous; g [fh, fw] float32 correlation filter (flip and gain already applied).
 at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& g, int64_t up, int64_t down, int64_t px0, int64_t px1,
@@ -47,7 +38,8 @@ at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& g, int64_t up, int64
   p.filter_w = static_cast<int>(fw);
   const c10::cuda::CUDAGuard guard(x.device());
   auto y = at::empty({x.size(0), x.size(1), out_h, out_w}, x.options());
-  const char* err = spherehead::upfirdn2d_launch(dtype_code(x.scalar_type()), p, x.data_ptr(), g.data_ptr<float>(),
+  const int dtype = spherehead::dtype_code(x.scalar_type(), "upfirdn2d (CUDA): x");
+  const char* err = spherehead::upfirdn2d_launch(dtype, p, x.data_ptr(), g.data_ptr<float>(),
                                                  y.data_ptr(), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == nullptr, "upfirdn2d (CUDA) kernel failed: ", err == nullptr ? "" : err);
   return y;

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from .. import custom_ops
-from .dispatch import register_cuda_kernel
 
 Padding = Union[int, Sequence[int]]
 
@@ -180,13 +179,4 @@ def self_check(candidate: Callable, device: torch.device) -> Optional[str]:
     return None
 
 
-def _build():
-    return custom_ops.get_extension("upfirdn2d", sources=["upfirdn2d.cpp", "upfirdn2d.cu"], headers=["upfirdn2d.h", "elem.h"])
-
-
-def _self_check_kernel(module) -> Optional[str]:
-    return self_check(_cuda_call, torch.device("cuda", torch.cuda.current_device()))
-
-
-_KERNEL = custom_ops.LazyKernel("upfirdn2d", _build, _self_check_kernel)
-register_cuda_kernel("upfirdn2d", _KERNEL.is_available)
+_KERNEL = custom_ops.op_kernel("upfirdn2d", self_check, _cuda_call)
