@@ -25,8 +25,8 @@ from spherehead.generation import (DEFAULT_VIEWS, SAMPLE_PITCH_DEG, FloatList, S
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--network", "network", required=True, type=click.Path(dir_okay=False, path_type=str),
-              help="Native .safetensors file or upstream pickle.")
+@click.option("--network", "network", default="demo", type=click.Path(dir_okay=False, path_type=str),
+              help="Native .safetensors file, upstream pickle, or 'demo' (the bundled model, docs/demo_model.md).")
 @click.option("--seeds", type=SeedRange(), default="0-3", help="Seeds, e.g. 0-3,7.")
 @click.option("--trunc", "truncation_psi", type=click.FloatRange(0.0, 2.0), default=0.7, help="Truncation psi.")
 @click.option("--trunc-cutoff", "truncation_cutoff", type=click.IntRange(min=1), default=None,

@@ -28,8 +28,8 @@ from spherehead.video import (MODES, PITCH_AMPLITUDE_DEG, PITCH_OFFSET_DEG, Vide
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--network", "network", required=True, type=click.Path(dir_okay=False, path_type=str),
-              help="Native .safetensors file or upstream pickle.")
+@click.option("--network", "network", default="demo", type=click.Path(dir_okay=False, path_type=str),
+              help="Native .safetensors file, upstream pickle, or 'demo' (the bundled model, docs/demo_model.md).")
 @click.option("--seeds", type=SeedRange(), default="0", help="Seeds, e.g. 0-3,7 (a multiple of the grid's cells).")
 @click.option("--grid", type=GridSize(), default="1x1", help="Grid of COLUMNSxROWS cells, e.g. 2x2.")
 @click.option("--mode", type=click.Choice(MODES), default="image", help="What each frame shows.")

@@ -25,7 +25,7 @@ from spherehead.inversion import InversionOptions, run_inversion
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--network", required=True, type=click.Path(dir_okay=False, path_type=str),
-              help="Native .safetensors file or upstream pickle.")
+              help="Native .safetensors file or upstream pickle ('demo': the bundled synthetic-head model).")
 @click.option("--image", "images", required=True, multiple=True, type=click.Path(path_type=str),
               help="Photo of the person; repeat for several photos (one shared latent).")
 @click.option("--landmarks", "landmark_files", multiple=True, type=click.Path(path_type=str),

@@ -25,6 +25,7 @@ import click
 from spherehead.errors import CheckpointError
 from torch_utils import distributed as dist
 from training.dataset_io import DatasetError
+from training.metrics import MetricError
 from training.presets import get_preset, make_training_options, preset_names
 from training.resume import ResumeError, find_run_dir
 from training.training_loop import open_dataset, training_loop
@@ -44,6 +45,22 @@ class GpcProb(click.ParamType):
         if not 0 <= p <= 1:
             self.fail(f"expected a number in [0, 1] or 'off', got {value!r}", param, ctx)
         return p
+
+
+class MetricList(click.ParamType):
+    """'fid,artifact-rate' -> ('fid', 'artifact-rate'); '' -> (); an unknown name is a usage error."""
+    name = "LIST"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        if not str(value).strip():
+            return ()
+        from training.metrics import MetricError, parse_metrics
+        try:
+            return tuple(parse_metrics(str(value)))
+        except MetricError as e:
+            self.fail(str(e), param, ctx)
 
 
 def _resume_arg(value):
@@ -117,6 +134,15 @@ def _prepare(cfg, data, run_dir, outdir, gpus, resume, **overrides):
 @click.option("--lr-d", type=click.FloatRange(min=0, min_open=True), default=None, help="D learning rate  [default: 0.002]")
 @click.option("--r1-gamma", type=click.FloatRange(min=0), default=None,
               help="R1 weight on image + raw image (mask and parsing stay at 1)  [default: 1]")
+@click.option("--metrics", type=MetricList(), default="",
+              help="Metrics computed at each snapshot, comma-separated (fid, kid, fid-bins, kid-bins, artifact-rate); "
+                   "see docs/metrics.md  [default: none]")
+@click.option("--metrics-num-gen", type=click.IntRange(min=2), default=1000,
+              help="Generated images per metric (per yaw bin for the -bins metrics).")
+@click.option("--metrics-features", default=None,
+              help="Feature network of FID/KID: an Inception path or URL, or 'parsing' (a net trained on the "
+                   "dataset's parsing maps, docs/metrics.md)  [default: the cached Inception]")
+@click.option("--metrics-data", default=None, help="Dataset the metrics use  [default: --data]")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers per process  [default: the cfg's]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Device.")
 @click.option("--dry-run", is_flag=True, help="Print the options and the run folder, then exit.")
@@ -149,8 +175,8 @@ def _train(cfg, data, device, dry_run, workers, run_dir, outdir, gpus, resume, o
         return
     try:
         training_loop(run_dir, opts, device=device, num_workers=get_preset(cfg).workers if workers is None else workers)
-    except (DatasetError, CheckpointError, ResumeError) as e:
-        raise click.ClickException(str(e)) from None
+    except (DatasetError, CheckpointError, ResumeError, MetricError) as e:
+        raise click.ClickException(" ".join(str(e).split())) from None
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from typing import Any, Dict
 import torch
 
 from . import checkpoint, legacy
+from .assets import resolve_network
 from .errors import CheckpointError
 from .networks import registry
 
@@ -47,8 +48,9 @@ def load_network(path, device: Any = "cpu") -> Dict[str, Any]:
     executes code from it. Networks are our own modules in eval mode with ``requires_grad=False``.
     ``metadata`` holds the rendering options, the neural rendering resolution and, for pickles, the
     training-set options and the sha256 of each network's pickled source text.
+    ``path`` may also name a bundled network (``'demo'``, :mod:`spherehead.assets`).
     """
-    path = os.fspath(path)
+    path = resolve_network(path)
     if _kind(path) == "native":
         result = checkpoint.load_native(path, device=device)
         meta = dict(result.get("metadata") or {})
@@ -96,7 +98,7 @@ def _numel(shape) -> int:
 def read_info(path) -> Dict[str, Any]:
     """Describe a checkpoint without building networks or touching a device: per network its
     class, resolution, rendering options and tensor count / total elements."""
-    path = os.fspath(path)
+    path = resolve_network(path)
     kind = _kind(path)
     if kind == "native":
         config, table = checkpoint.read_native_header(path)

@@ -202,3 +202,19 @@ def test_usage_errors(args):
     result = _run(*args)
     assert result.exit_code == 2, result.output
     assert "Usage:" in result.output and "Traceback" not in result.output
+
+
+def test_keep_only_named_networks(converted, tmp_path):
+    _, dst, _ = converted
+    out = tmp_path / "gen-only.safetensors"
+    result = _run(dst, out, "--keep", "G_ema")
+    assert result.exit_code == 0, result.output
+    assert set(read_info(out)["networks"]) == {"G_ema"}
+    assert out.stat().st_size < dst.stat().st_size   # D dropped
+    ta, tb = load_file(str(out)), load_file(str(dst))
+    assert all(torch.equal(ta[k], tb[k]) for k in ta) and all(k.startswith("G_ema.") for k in ta)
+    bad = _run(dst, tmp_path / "x.safetensors", "--keep", "G_ema,Gx")
+    _assert_clean_error(bad)
+    assert "Gx" in bad.output and not (tmp_path / "x.safetensors").exists()
+    usage = _run("--info", dst, "--keep", "D")
+    assert usage.exit_code == 2 and "--keep applies to conversion" in usage.output

@@ -226,6 +226,52 @@ def test_cli_dry_run_and_run_folder_rule(heads, tmp_path):
     assert f"{run}\n" in _cli(args + ["--resume", "latest"]).output
     assert "00001-tiny-128-heads" in _cli(args + ["--resume", "latest", "--seed", "5"]).output
     assert "00001-tiny-128-heads" in _cli(args).output   # no --resume: always a new folder
+    # the metric options do not change the training, so they do not split a run either
+    assert f"{run}\n" in _cli(args + ["--resume", "latest", "--metrics", "artifact-rate"]).output
+
+
+# ------------------------------------------------------------------------------ metrics in the loop
+
+class _StandInFeatures(torch.nn.Module):
+    """Fixed random convs + pooling, uint8 [N, 3, H, W] -> [N, 8] (the Inception's role in a test)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.randn(8, 3, 5, 5, generator=torch.Generator().manual_seed(7)) * 0.2
+
+    @torch.no_grad()
+    def forward(self, images):
+        x = torch.nn.functional.interpolate(images.float() / 127.5 - 1, size=(32, 32), mode="area")
+        return torch.relu(torch.nn.functional.conv2d(x, self.w, stride=2)).mean(dim=(2, 3))
+
+
+def test_metrics_at_each_snapshot_leave_training_unchanged(runs, heads, tmp_path, monkeypatch):
+    import training.metrics as metrics
+    asked = []
+    monkeypatch.setattr(metrics, "load_feature_net", lambda spec, **kw: asked.append(spec) or _StandInFeatures())
+    _run(tmp_path / "M", tiny_options(heads, metrics=("fid",), metrics_num_gen=4, metrics_features="x.pt"))
+    assert asked == ["x.pt"]   # the feature net is loaded once, at the start
+    lines = [json.loads(line) for line in (tmp_path / "M" / "metric-fid.jsonl").read_text().splitlines()]
+    assert [round(r["kimg"] * 1000) for r in lines] == [2, 4, 6]   # one per snapshot (batch 2, snapshot per tick)
+    assert all(r["metric"] == "fid" and r["num_gen"] == 4 and math.isfinite(r["results"]["fid"])
+               and r["results"]["fid"] >= 0 for r in lines)
+    assert lines[-1]["network"] == "network-snapshot-000000.safetensors" and lines[-1]["data"] == heads
+    assert "metric fid fid " in (tmp_path / "M" / "log.txt").read_text()
+    # metric sampling restores the RNG: the weights equal those of run A (same options, no metrics)
+    with_metrics, plain = resume_io.latest_state(str(tmp_path / "M")), resume_io.latest_state(str(runs["A"]))
+    for name in ("G", "D", "G_ema"):
+        for k, v in plain[name].items():
+            assert torch.equal(v, with_metrics[name][k]), (name, k)
+
+
+def test_metric_that_cannot_run_stops_the_start(heads, tmp_path):
+    base = ["--outdir", str(tmp_path / "runs"), "--data", heads, "--cfg", "tiny-128", "--kimg", "0.002",
+            "--workers", "0", "--device", "cpu"]
+    result = _cli(base + ["--metrics", "fid,nope"])
+    assert result.exit_code != 0 and "nope" in result.output and "Traceback" not in result.output
+    _one_line_error(_cli(base + ["--metrics", "fid", "--metrics-features", str(tmp_path / "missing.pt")]),
+                    "missing.pt")
+    assert not list((tmp_path / "runs").glob("*/network-snapshot-*"))   # no training happened
 
 
 # ---------------------------------------------------------------------------------- small pieces

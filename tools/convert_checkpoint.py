@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 try:
     import spherehead  # noqa: F401
@@ -46,10 +46,11 @@ def _check_destination(src: str, dst: str, force: bool) -> None:
         raise CheckpointError(f"{dst}: already exists (pass --force to overwrite it)")
 
 
-def convert(src, dst, device: Any = "cpu", force: bool = False) -> Dict[str, Any]:
+def convert(src, dst, device: Any = "cpu", force: bool = False, keep: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Load ``src`` (upstream pickle or native file) and save it as a native ``.safetensors`` file.
 
-    Keeps every network present (G_ema, D, G) and the metadata (training-set options, source path and
+    Keeps every network present (G_ema, D, G), or only those in ``keep`` (G_ema is always kept: the
+    format needs it; dropping G and D makes a generation-only file a third of the size), and the metadata (training-set options, source path and
     module-source sha256 for pickles, rendering options). Refuses ``dst`` == ``src`` and an existing
     ``dst`` unless ``force``. Returns ``{'src', 'dst', 'format', 'networks': {name: {'class',
     'parameters'}}}``. Raises :class:`spherehead.errors.CheckpointError` (or OSError) on failure.
@@ -58,6 +59,11 @@ def convert(src, dst, device: Any = "cpu", force: bool = False) -> Dict[str, Any
     _check_destination(src, dst, force)
     loaded = load_network(src, device=device)
     nets = {name: loaded[name] for name in NETWORK_KEYS if loaded.get(name) is not None}
+    if keep is not None:
+        unknown = sorted(set(keep) - set(NETWORK_KEYS))
+        if unknown:
+            raise CheckpointError(f"--keep: unknown network(s) {', '.join(unknown)}; choose from {', '.join(NETWORK_KEYS)}")
+        nets = {name: net for name, net in nets.items() if name in keep or name == "G_ema"}
     if "G_ema" not in nets:
         raise CheckpointError(f"{src}: holds no G_ema network (found: {', '.join(nets) or 'none'}); "
                               "the native format needs one")
@@ -134,7 +140,9 @@ def _one_line(e: BaseException) -> str:
 @click.option("--json", "as_json", is_flag=True, help="With --info: print JSON instead of text.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--device", default="cpu", show_default=True, help="Device to load the networks on while converting.")
-def main(src: str, dst: str, info: bool, as_json: bool, force: bool, device: str) -> None:
+@click.option("--keep", default=None, help="Comma-separated networks to write, e.g. G_ema,D (G_ema is always "
+              "written)  [default: all present]")
+def main(src: str, dst: str, info: bool, as_json: bool, force: bool, device: str, keep: Optional[str]) -> None:
     """Convert IN (upstream pickle or native file) to the native .safetensors file OUT, or describe IN with --info."""
     if info:
         if dst is not None:
@@ -146,12 +154,15 @@ def main(src: str, dst: str, info: bool, as_json: bool, force: bool, device: str
             raise click.UsageError("missing OUT (or pass --info to describe IN)")
         if as_json:
             raise click.UsageError("--json applies to --info only")
+    if keep is not None and info:
+        raise click.UsageError("--keep applies to conversion, not --info")
     try:
         if info:
             described = read_info(src)
             click.echo(json.dumps(described, indent=2, default=str) if as_json else format_info(described))
         else:
-            click.echo(_summary_line(convert(src, dst, device=_parse_device(device), force=force)))
+            names = None if keep is None else [n.strip() for n in keep.split(",") if n.strip()]
+            click.echo(_summary_line(convert(src, dst, device=_parse_device(device), force=force, keep=names)))
     except (CheckpointError, OSError) as e:
         raise click.ClickException(_one_line(e)) from None
 

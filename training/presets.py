@@ -9,12 +9,15 @@ a ``train.py`` flag. The superresolution variants produce 128, 256 or 512 px ima
 * ``tiny-128``: for tests and CPU smoke runs — 128 px output from a 16² neural rendering with
   8+8 samples per ray, 16-channel convolutions and 64-d latents; a few seconds per iteration
   on two CPU cores.
+* ``demo-128``: the bundled demo model (spherehead/assets, docs/demo_model.md) — the ``tiny-128``
+  networks rendered at 32² with 12+12 samples per ray, and the blur, pose-conditioning and
+  density-noise fades shortened to a few kimg so that a CPU run of tens of kimg gets past them.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 from spherehead.networks.presets import discriminator_kwargs, generator_kwargs
 from training.loss import PARSING_CLASSES, LossOptions
@@ -38,6 +41,7 @@ class TrainingPreset:
     back_repeat: int = 4
     mirror: bool = True
     workers: int = 3
+    loss_defaults: Optional[Dict[str, Any]] = None   # LossOptions fields that differ from LossOptions()
 
     def networks(self, parsing: bool):
         """(G_kwargs, D class name, D_kwargs) with or without the parsing branch.
@@ -75,6 +79,14 @@ PRESETS: Dict[str, TrainingPreset] = {
         discriminator_kwargs(128, 256, 16, mbstd_group_size=2, num_fp16_res=0, seg_resolution=64),
         nrr=16, gpus=1, batch=4, batch_gpu=4, kimg=1, tick=0.04, snap=5, img_snap=5, back_repeat=1,
         mirror=True, workers=1),
+    "demo-128": TrainingPreset(
+        "demo-128",
+        _small_latents(generator_kwargs(img_resolution=128, channel_base=256, channel_max=16, triplane_size=32,
+                                        depth_resolution=12, sr_num_fp16_res=0), 64),
+        discriminator_kwargs(128, 256, 16, mbstd_group_size=2, num_fp16_res=0, seg_resolution=64),
+        nrr=32, gpus=1, batch=4, batch_gpu=4, kimg=100, tick=0.2, snap=5, img_snap=5, back_repeat=1,
+        mirror=True, workers=0,
+        loss_defaults=dict(blur_fade_kimg=2.0, gpc_reg_fade_kimg=4.0, density_noise_fade_kimg=2.0)),
 }
 
 
@@ -101,7 +113,8 @@ def make_training_options(cfg: str, data: str, *, parsing: bool = True, batch: O
                           vico_r1: bool = False, gpc_prob: Optional[float] = 0.7, density_reg: float = 0.0,
                           back_repeat: Optional[int] = None, mirror: Optional[bool] = None, nrr: Optional[int] = None,
                           nrr_final: Optional[int] = None, lr_g: Optional[float] = None, lr_d: Optional[float] = None,
-                          r1_gamma: Optional[float] = None) -> TrainingOptions:
+                          r1_gamma: Optional[float] = None, metrics: Sequence[str] = (), metrics_num_gen: int = 1000,
+                          metrics_features: Optional[str] = None, metrics_data: Optional[str] = None) -> TrainingOptions:
     """TrainingOptions of preset ``cfg`` with ``train.py``'s overrides (None keeps the preset's value).
 
     ``batch_gpu`` defaults to ``batch / world_size`` capped at the preset's ``batch_gpu``. ``gpc_prob``
@@ -117,7 +130,7 @@ def make_training_options(cfg: str, data: str, *, parsing: bool = True, batch: O
         rk["c_scale"] = 0.0
     batch = _pick(batch, p.batch)
     r1 = _pick(r1_gamma, 1.0)
-    loss = LossOptions(r1_gamma=r1, nrr_initial=_pick(nrr, p.nrr), nrr_final=nrr_final, gpc_reg_prob=gpc_prob,
+    loss = LossOptions(**(p.loss_defaults or {}), r1_gamma=r1, nrr_initial=_pick(nrr, p.nrr), nrr_final=nrr_final, gpc_reg_prob=gpc_prob,
                        density_reg=density_reg, parsing=parsing, vico_weight=vico_weight,
                        vico_min_angle_deg=vico_min_angle, vico_rampup_kimg=vico_rampup, vico_r1=vico_r1)
     dataset_kwargs = dict(path=data, resolution=G_kwargs["img_resolution"], use_labels=True,
@@ -128,4 +141,5 @@ def make_training_options(cfg: str, data: str, *, parsing: bool = True, batch: O
         batch=batch, batch_gpu=_pick(batch_gpu, max(min(p.batch_gpu, batch // max(world_size, 1)), 1)),
         total_kimg=_pick(kimg, p.kimg), kimg_per_tick=_pick(tick, p.tick),
         snapshot_ticks=_pick(snap, p.snap) or None, image_snapshot_ticks=_pick(img_snap, p.img_snap) or None, G_lr=_pick(lr_g, 0.0025), D_lr=_pick(lr_d, 0.002),
-        resume=resume, resume_blur=resume_blur, seed=seed, cfg=cfg)
+        resume=resume, resume_blur=resume_blur, seed=seed, cfg=cfg, metrics=tuple(metrics),
+        metrics_num_gen=metrics_num_gen, metrics_features=metrics_features, metrics_data=metrics_data)

@@ -31,7 +31,8 @@ STATE_FORMAT = "spherehead-resume-state"
 STATE_VERSION = 1
 STATE_PATTERN = re.compile(r"resume-state-(\d{6,})\.pt")
 OPTIONS_FILE = "training_options.json"
-UNMATCHED_OPTIONS = ("total_kimg", "resume", "launch")  # may differ in a rerun that continues the run
+# May differ in a rerun that continues the run (the metrics do not change the training).
+UNMATCHED_OPTIONS = ("total_kimg", "resume", "launch", "metrics", "metrics_num_gen", "metrics_features", "metrics_data")
 
 
 class ResumeError(ValueError):

@@ -70,11 +70,17 @@ class TrainingOptions:
     image_grid_seeds: int = 4
     keep_resume_states: int = 2               # newest resume states kept (network snapshots are all kept)
     cfg: str = ""                             # preset name (run folder name and metadata)
+    # Metrics at each network snapshot, by rank 0 (docs/metrics.md); they do not change the training.
+    metrics: Tuple[str, ...] = ()             # e.g. ('fid', 'artifact-rate')
+    metrics_num_gen: int = 1000               # generated images per metric (per yaw bin for '-bins')
+    metrics_features: Optional[str] = None    # FID/KID features: Inception path/URL, None (cached), 'parsing'
+    metrics_data: Optional[str] = None        # dataset the metrics use; None: the training set
 
     def __post_init__(self):
         if isinstance(self.loss_opts, dict):
             self.loss_opts = LossOptions(**self.loss_opts)
         self.betas = tuple(float(b) for b in self.betas)
+        self.metrics = tuple(self.metrics)
 
     def to_dict(self) -> Dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -243,6 +249,7 @@ class Trainer:
         torch.backends.cuda.matmul.allow_tf32 = False   # TF32 off, as the reference runs (§6.1)
         torch.backends.cudnn.allow_tf32 = False
         self.dataset = open_dataset(opts, needs_parsing=opts.D_class == "HoloDiscriminator")
+        self.metric_runner = self._metric_runner()   # early: a metric that cannot run stops the start
         self.G, self.D, self.G_ema = build_networks(opts, self.dataset.label_std, device)
         self.phases = make_phases(self.G, self.D, opts)
         self.optimizers = {"G": self.phases[0].opt, "D": self.phases[-1].opt}
@@ -412,6 +419,7 @@ class Trainer:
             self._save_grid(f"fakes{self.cur_nimg // 1000:06d}.png")
         if o.snapshot_ticks and (done or self.cur_tick % o.snapshot_ticks == 0):
             self._save_snapshot()
+            self._evaluate()
         self.cur_tick += 1
         self.tick_start_nimg, self.tick_start_time, self.maintenance = self.cur_nimg, time.time(), time.time() - start
 
@@ -439,6 +447,34 @@ class Trainer:
             resume_io.save_state(resume_io.state_path(self.run_dir, self.cur_nimg), state)
             resume_io.prune_states(self.run_dir, self.opts.keep_resume_states)
             self.last_snapshot = path
+        dist.barrier()
+
+    def _metric_runner(self):
+        """Rank 0's MetricRunner, built at the start so that a missing feature network or a dataset
+        without parsing maps stops the run before the first iteration rather than at the first snapshot."""
+        o = self.opts
+        if not o.metrics or self.rank != 0:
+            return None
+        from training.metrics.runner import MetricRunner
+        return MetricRunner(o.metrics, o.metrics_data or o.dataset_kwargs["path"], self.device,
+                            num_gen=o.metrics_num_gen, features=o.metrics_features, seed=o.seed)
+
+    def _evaluate(self) -> None:
+        """Metrics of the snapshot just written: one line each in ``metric-<name>.jsonl`` of the run folder
+        and the log, TensorBoard scalars ``Metrics/<key>``. Rank 0 computes; the other ranks wait. Metric
+        sampling uses its own seeded generators and restores the global RNG, so a run with metrics trains
+        exactly as one without."""
+        if self.metric_runner is not None:
+            from training.metrics import append_result
+            start = time.time()
+            for record in self.metric_runner.run(self.G_ema):
+                record.update(network=os.path.basename(self.last_snapshot or ""), kimg=self.cur_nimg / 1e3)
+                append_result(os.path.join(self.run_dir, f"metric-{record['metric']}.jsonl"), record)
+                values = {k: v for k, v in record["results"].items() if isinstance(v, (int, float))}
+                self.writer.scalars({f"Metrics/{k}": v for k, v in values.items()}, self.cur_nimg)
+                print(f"metric {record['metric']} " + " ".join(f"{k} {v:.4g}" for k, v in values.items())
+                      + f" ({record['seconds']:.0f} s)")
+            self.maintenance += time.time() - start
         dist.barrier()
 
     def _metadata(self) -> Dict[str, Any]:

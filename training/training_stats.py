@@ -94,6 +94,13 @@ class StatsWriter:
                 self._tb.add_scalar(name, s["mean"], global_step=int(cur_nimg), walltime=timestamp)
             self._tb.flush()
 
+    def scalars(self, values: Dict[str, float], cur_nimg: int) -> None:
+        """TensorBoard-only scalars (metrics: their numbers live in metric-*.jsonl, not stats.jsonl)."""
+        if self._tb is not None:
+            for name, v in values.items():
+                self._tb.add_scalar(name, v, global_step=int(cur_nimg))
+            self._tb.flush()
+
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:

@@ -1,6 +1,7 @@
 """Metrics of a generator against a head dataset: FID/KID (all views or yaw bins) and the artifact rate.
 
-:func:`compute_metric` is what ``calc_metrics.py`` and a training loop call; see docs/metrics.md.
+:func:`compute_metric` is what ``calc_metrics.py`` and a training loop call, with the feature net from
+:func:`load_feature_net`; see docs/metrics.md.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import time
 from typing import Any, Dict, Optional
 
-from training.metrics.features import MetricError, load_inception
+from training.metrics.features import FeatureNet, MetricError, load_inception
 
 # name -> one-line description (calc_metrics.py --help and docs/metrics.md list the same names)
 METRICS = {
@@ -21,7 +22,12 @@ METRICS = {
 }
 _FEATURE_METRICS = ("fid", "kid", "fid-bins", "kid-bins")
 
-__all__ = ["METRICS", "MetricError", "compute_metric", "parse_metrics", "append_result", "load_inception"]
+# load_feature_net spec of the net trained on the dataset's parsing maps (training.metrics.parsing_features);
+# any other spec names the Inception (path, URL, or None for the cached default).
+PARSING_FEATURES = "parsing"
+
+__all__ = ["METRICS", "PARSING_FEATURES", "MetricError", "compute_metric", "parse_metrics",
+           "append_result", "load_inception", "load_feature_net"]
 
 
 def parse_metrics(text: str):
@@ -37,21 +43,60 @@ def needs_features(names) -> bool:
     return any(n in _FEATURE_METRICS for n in names)
 
 
+def needs_parsing(names, features: Optional[str]) -> bool:
+    """Whether metrics ``names`` with feature spec ``features`` read the dataset's parsing maps."""
+    return "artifact-rate" in names or (features == PARSING_FEATURES and needs_features(names))
+
+
+def load_feature_net(spec: Optional[str], dataset=None, dataset_path=None, cache: Optional[str] = None,
+                     device="cpu", parsing_options=None) -> FeatureNet:
+    """The feature net for FID/KID, a callable ``uint8 [N, 3, H, W] -> float [N, D]``, by ``spec``:
+
+    * ``'parsing'`` — the net trained on ``dataset``'s parsing maps (the synthetic set), loaded from or
+      trained into ``<cache>/feature-nets/`` (``dataset_path`` keys the cache; ``parsing_options`` is a
+      :class:`~training.metrics.parsing_features.ParsingFeatureOptions`). Its FIDs are comparable only
+      with FIDs from the same net (``net.report['key']``), never with Inception FIDs.
+    * anything else — the standard Inception: a local path, a URL, or None for the cached default
+      (:func:`~training.metrics.features.load_inception`).
+
+    The net has a ``name`` (``'parsing'``/``'inception'``) that :func:`compute_metric` records as ``features``.
+    One place for this choice, so ``calc_metrics.py`` and a training loop measure with the same net.
+    """
+    if spec != PARSING_FEATURES:
+        return load_inception(spec, device, cache)
+    from training.metrics import parsing_features
+    if dataset is None or dataset_path is None:
+        raise MetricError("the parsing feature net needs the dataset and its path (it is trained on its parsing maps)")
+    if not dataset.has_parsing:
+        raise MetricError(f"--features parsing needs a dataset with parsing maps (e.g. the synthetic set); "
+                          f"{os.fspath(dataset_path)} has none")
+    net, _ = parsing_features.load_or_train_parsing_features(
+        dataset, dataset_path, parsing_options or parsing_features.ParsingFeatureOptions(), cache)
+    return net.to(device)
+
+
 def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: int = 50000, seed: int = 0,
                    dataset_path: Optional[str] = None, detector_options=None, cache: Optional[str] = None,
                    batch: int = 32) -> Dict[str, Any]:
     """One metric: ``{'metric', 'results': {...}, 'num_gen', 'seconds'}``.
 
     ``renderer`` is a :data:`training.metrics.fid.Renderer` (``fid.generator_renderer(G, device)``);
-    FID/KID need ``feature_net``; the artifact rate needs ``dataset_path`` (its detector cache key).
+    FID/KID need ``feature_net`` (:func:`load_feature_net`) and add ``features``: the net's ``name``
+    ('inception', 'parsing', or 'custom' for a callable without one), plus ``feature_net``, its report,
+    when it has one — so a parsing-feature FID is never mistaken for an Inception FID. The artifact rate
+    needs ``dataset_path`` (its detector cache key).
     """
     from training.metrics import artifacts, fid
     if name not in METRICS:
         raise MetricError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
     start = time.time()
+    extra: Dict[str, Any] = {}
     if name in _FEATURE_METRICS:
         if feature_net is None:
-            raise MetricError(f"metric {name} needs a feature network (--inception)")
+            raise MetricError(f"metric {name} needs a feature network (--inception, or --features parsing)")
+        extra["features"] = getattr(feature_net, "name", "custom")
+        if getattr(feature_net, "report", None) is not None:
+            extra["feature_net"] = feature_net.report
         bins = ("all",) if not name.endswith("-bins") else ("front", "side", "back")
         results = fid.fid_kid(renderer, dataset, feature_net, bins, kinds=[name.split("-")[0]], num_gen=num_gen,
                               seed=seed, batch=batch)
@@ -63,7 +108,7 @@ def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: i
         results = artifacts.artifact_rate(renderer, dataset, detector, num_gen, seed, batch=batch)
         results["detector"] = report
     return {"metric": name, "results": results, "num_gen": num_gen, "seed": seed,
-            "seconds": round(time.time() - start, 2)}
+            "seconds": round(time.time() - start, 2), **extra}
 
 
 def append_result(path: str, record: Dict[str, Any]) -> str:

@@ -11,15 +11,12 @@ held-out heads, front and back views separately; then G is rendered at the datas
 (|yaw| >= 150°) and the flagged fraction is reported.
 
 The trained detector is cached as safetensors keyed by the dataset (path, labels, file names) and
-the training options, so it is trained once per dataset.
+the training options, so it is trained once per dataset (:mod:`training.metrics.dataset_nets`, shared
+with the parsing feature net).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -27,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from spherehead.camera import camera_yaw_pitch
-from training.metrics.features import MetricError, cache_dir
+from training.metrics.dataset_nets import augment, heldout_split, load_or_train, load_parsed_set
+from training.metrics.features import MetricError
 from training.metrics.fid import Renderer, dataset_labels, sample_cameras, yaw_bin_mask
 from spherehead.parsing import CLASS_INDEX
 
@@ -99,22 +97,10 @@ def face_part_map(parsing: np.ndarray, cells: int) -> torch.Tensor:
 def _load_set(dataset, opts: DetectorOptions):
     """Images uint8 [N, 3, r, r] at detector size, face-part maps [N, r/4, r/4], per-image targets bool [N],
     labels [N, 25], head group ids [N]."""
-    if not dataset.has_parsing:
-        raise MetricError("the artifact detector needs a dataset with parsing maps (e.g. the synthetic set)")
-    images, maps, targets, labels, groups = [], [], [], [], []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        img = torch.from_numpy(item["image"])[None].float()
-        if img.shape[-1] != opts.resolution:
-            img = F.interpolate(img, size=(opts.resolution,) * 2, mode="bilinear", align_corners=False, antialias=True)
-        images.append(img.round().clamp(0, 255).to(torch.uint8))
-        targets.append(face_part_target(item["parsing"], opts.min_fraction))
-        maps.append(face_part_map(item["parsing"], opts.resolution // 4))
-        labels.append(item["label"])
-        name = dataset.raw_name(i)
-        groups.append(name.split("/")[0] if "/" in name else name)   # synthetic sets: one folder per head
-    return (torch.cat(images), torch.stack(maps), np.array(targets), torch.from_numpy(np.stack(labels)),
-            np.array(groups))
+    images, parsing, labels, groups = load_parsed_set(dataset, opts.resolution, "the artifact detector")
+    maps = torch.stack([face_part_map(p, opts.resolution // 4) for p in parsing])
+    targets = np.array([face_part_target(p, opts.min_fraction) for p in parsing])
+    return images, maps, targets, labels, groups
 
 
 def _accuracy(model, images, targets) -> Optional[float]:
@@ -122,21 +108,6 @@ def _accuracy(model, images, targets) -> Optional[float]:
         return None
     pred = _scores(model, images) >= float(model.threshold)
     return float((pred == targets).mean())
-
-
-def _augment(x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mirror, shift by whole target cells (up to 2) and scale each colour channel by 0.8-1.2 — images
-    [N, 3, r, r] in [-1, 1] and their maps [N, r/4, r/4] alike. With a few hundred training images these
-    keep the detector from memorising the colours and placement of particular heads. Uses the global
-    RNG (seeded by the caller)."""
-    n, cell = x.shape[0], x.shape[-1] // y.shape[-1]
-    flip = torch.rand(n) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    y = torch.where(flip[:, None, None], y.flip(-1), y)
-    dy, dx = (int(v) for v in torch.randint(-2, 3, (2,)))
-    x, y = torch.roll(x, (dy * cell, dx * cell), dims=(2, 3)), torch.roll(y, (dy, dx), dims=(1, 2))
-    gain = 0.8 + 0.4 * torch.rand(n, 3, 1, 1)
-    return ((x + 1) * gain - 1).clamp(-1, 1), y
 
 
 def _scores(model, images) -> np.ndarray:
@@ -163,8 +134,7 @@ def train_detector(dataset, opts: DetectorOptions = DetectorOptions(),
     if targets.all() or not targets.any():
         raise MetricError("the detector needs images both with and without face parts (front and back views)")
     rng = np.random.RandomState(opts.seed)
-    heads = rng.permutation(sorted(set(groups)))
-    held = np.isin(groups, heads[:int(round(len(heads) * opts.holdout))])
+    held = heldout_split(groups, opts.holdout, rng)
     train_idx = np.flatnonzero(~held)
     with torch.random.fork_rng(devices=[]):   # deterministic in opts.seed, global RNG untouched
         torch.manual_seed(opts.seed)
@@ -175,7 +145,7 @@ def train_detector(dataset, opts: DetectorOptions = DetectorOptions(),
         pos_weight = torch.tensor(min(0.25 * (1 - pos) / max(pos, 1e-6), 5.0))
         for step in range(opts.steps):
             idx = torch.from_numpy(train_idx[rng.randint(len(train_idx), size=opts.batch)])
-            x, y = _augment(images[idx].float() / 127.5 - 1, maps[idx])
+            x, y = augment(images[idx].float() / 127.5 - 1, maps[idx])
             loss = F.binary_cross_entropy_with_logits(model(x), y, pos_weight=pos_weight)
             optim.zero_grad()
             loss.backward()
@@ -193,41 +163,14 @@ def train_detector(dataset, opts: DetectorOptions = DetectorOptions(),
     return model, report
 
 
-def _cache_key(dataset, dataset_path: str, opts: DetectorOptions) -> str:
-    """Path + a hash of the labels, names and size: a rewritten dataset at the same path gets a new key."""
-    h = hashlib.sha256()
-    h.update(os.path.abspath(os.fspath(dataset_path)).encode())
-    h.update(np.stack([dataset.get_label(i) for i in range(len(dataset))]).tobytes())
-    h.update("\n".join(dataset.raw_name(i) for i in range(len(dataset))).encode())
-    h.update(str(dataset.resolution).encode())
-    h.update(json.dumps(asdict(opts), sort_keys=True).encode())
-    return h.hexdigest()[:24]
-
-
 def load_or_train_detector(dataset, dataset_path, opts: DetectorOptions = DetectorOptions(),
                            cache: Optional[str] = None, progress=None) -> Tuple[FacePartDetector, Dict]:
-    """The detector for ``dataset`` from ``<cache>/detectors/<key>.safetensors``, trained and saved if absent."""
-    from safetensors.torch import load_file, safe_open, save_file
-    folder = os.path.join(cache_dir(cache), "detectors")
-    path = os.path.join(folder, f"face-parts-{_cache_key(dataset, dataset_path, opts)}.safetensors")
-    if os.path.isfile(path):
-        with safe_open(path, "pt") as f:
-            report = json.loads(f.metadata()["report"])
-        model = FacePartDetector(opts.resolution, opts.width)
-        model.load_state_dict(load_file(path))
-        return model.eval().requires_grad_(False), dict(report, cached=True)
-    model, report = train_detector(dataset, opts, progress)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:   # temp file + rename: a crash never leaves a truncated cache entry
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp,
-                  metadata={"report": json.dumps(report), "options": json.dumps(asdict(opts))})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return model, dict(report, cached=False)
+    """The detector for ``dataset`` from ``<cache>/detectors/face-parts-<key>.safetensors``, trained and saved
+    if absent (see :func:`training.metrics.dataset_nets.load_or_train`)."""
+    model, report, _ = load_or_train("detectors", "face-parts", dataset, dataset_path, opts, cache,
+                                     lambda: FacePartDetector(opts.resolution, opts.width),
+                                     lambda: train_detector(dataset, opts, progress))
+    return model, report
 
 
 def artifact_rate(renderer: Renderer, dataset, detector: FacePartDetector, num_gen: int = 1000, seed: int = 0,

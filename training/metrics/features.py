@@ -84,6 +84,8 @@ def resolve_inception(spec: Optional[str], cache: Optional[str] = None, timeout:
 class TorchScriptFeatures:
     """The TorchScript Inception as a feature net: uint8 [N, 3, H, W] -> float32 [N, 2048] on the CPU."""
 
+    name = "inception"   # what results record as "features"
+
     def __init__(self, module: torch.nn.Module, device: torch.device):
         self.module, self.device = module, device
 
