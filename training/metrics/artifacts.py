@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from spherehead.camera import camera_yaw_pitch
-from training.metrics.dataset_nets import augment, heldout_split, load_or_train, load_parsed_set
+from training.metrics.dataset_nets import fit, heldout_split, load_or_train, load_parsed_set
 from training.metrics.features import MetricError
 from training.metrics.fid import Renderer, dataset_labels, sample_cameras, yaw_bin_mask
 from spherehead.parsing import CLASS_INDEX
@@ -139,20 +139,11 @@ def train_detector(dataset, opts: DetectorOptions = DetectorOptions(),
     with torch.random.fork_rng(devices=[]):   # deterministic in opts.seed, global RNG untouched
         torch.manual_seed(opts.seed)
         model = FacePartDetector(opts.resolution, opts.width)
-        optim = torch.optim.Adam(model.parameters(), lr=opts.lr)
         # Face-part cells are rare (a few % of all cells): weight them up so they are not ignored.
         pos = float(maps[train_idx].mean())
         pos_weight = torch.tensor(min(0.25 * (1 - pos) / max(pos, 1e-6), 5.0))
-        for step in range(opts.steps):
-            idx = torch.from_numpy(train_idx[rng.randint(len(train_idx), size=opts.batch)])
-            x, y = augment(images[idx].float() / 127.5 - 1, maps[idx])
-            loss = F.binary_cross_entropy_with_logits(model(x), y, pos_weight=pos_weight)
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            if progress is not None:
-                progress(step)
-    model.eval().requires_grad_(False)
+        fit(model, images, maps, train_idx, rng, opts, progress=progress,
+            loss_fn=lambda logits, y: F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight))
     model.threshold.fill_(_calibrate(model, images[train_idx], targets[train_idx]))
     front, back = yaw_bin_mask(labels, "front"), yaw_bin_mask(labels, "back")
     report = {"heldout_accuracy": _accuracy(model, images[held], targets[held]),

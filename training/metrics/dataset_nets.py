@@ -76,6 +76,32 @@ def augment(x: torch.Tensor, y: torch.Tensor,
     return ((x + 1) * gain - 1).clamp(-1, 1), y
 
 
+def fit(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, train_idx: np.ndarray,
+        rng: np.random.RandomState, opts, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        swap: Optional[torch.Tensor] = None, cosine: bool = False,
+        progress: Optional[Callable[[int], None]] = None,
+        forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.nn.Module:
+    """Adam on ``loss_fn(forward(x), y)`` (``forward`` defaults to ``model``) for ``opts.steps`` batches of ``opts.batch`` drawn by ``rng`` from
+    ``train_idx``, augmented (:func:`augment`); ``cosine`` decays the rate to 0. Returns the model in eval
+    mode without gradients. Call it under a seeded ``torch.random.fork_rng`` (the augmentation draws from
+    the global RNG)."""
+    optim = torch.optim.Adam(model.parameters(), lr=opts.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: 0.5 * (1 + np.cos(np.pi * s / opts.steps))) \
+        if cosine else None
+    for step in range(opts.steps):
+        idx = torch.from_numpy(train_idx[rng.randint(len(train_idx), size=opts.batch)])
+        x, y = augment(images[idx].float() / 127.5 - 1, targets[idx], swap=swap)
+        loss = loss_fn((forward or model)(x), y)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        if sched is not None:
+            sched.step()
+        if progress is not None:
+            progress(step)
+    return model.eval().requires_grad_(False)
+
+
 def cache_key(dataset, dataset_path, opts) -> str:
     """Path + a hash of the labels, names and size + the options (a dataclass): a rewritten dataset at the
     same path, or other options, get a new key."""

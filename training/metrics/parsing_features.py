@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from spherehead.parsing import FLIP_LUT, NUM_CLASSES
-from training.metrics.dataset_nets import augment, heldout_split, load_or_train, load_parsed_set
+from training.metrics.dataset_nets import fit, heldout_split, load_or_train, load_parsed_set
 
 # Channel permutation of class maps under a horizontal mirror (l/r brows, eyes, ears swapped).
 MIRROR_CLASSES = torch.from_numpy(FLIP_LUT[:NUM_CLASSES].astype(np.int64))
@@ -120,20 +120,10 @@ def train_parsing_features(dataset, opts: ParsingFeatureOptions = ParsingFeature
     with torch.random.fork_rng(devices=[]):   # deterministic in opts.seed, global RNG untouched
         torch.manual_seed(opts.seed)
         model = ParsingFeatureNet(opts.resolution, opts.width)
-        optim = torch.optim.Adam(model.parameters(), lr=opts.lr)
         # Cosine decay: at a few hundred steps the last ones at a small rate settle the net noticeably.
-        sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: 0.5 * (1 + np.cos(np.pi * s / opts.steps)))
-        for step in range(opts.steps):
-            idx = torch.from_numpy(train_idx[rng.randint(len(train_idx), size=opts.batch)])
-            x, y = augment(images[idx].float() / 127.5 - 1, targets[idx], swap=MIRROR_CLASSES)
-            loss = -(y * F.log_softmax(model.parse(x), dim=1)).sum(dim=1).mean()   # soft cross-entropy
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            sched.step()
-            if progress is not None:
-                progress(step)
-    model.eval().requires_grad_(False)
+        fit(model, images, targets, train_idx, rng, opts, swap=MIRROR_CLASSES, cosine=True, progress=progress,
+            forward=model.parse,
+            loss_fn=lambda logits, y: -(y * F.log_softmax(logits, dim=1)).sum(dim=1).mean())   # soft cross-entropy
     report = {"heldout_images": int(held.sum()), "train_images": int((~held).sum()), "steps": opts.steps,
               "feature_dim": opts.width + NUM_CLASSES}
     if held.any():
