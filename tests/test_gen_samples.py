@@ -214,3 +214,12 @@ def test_load_generator_without_g_ema(tmp_path, monkeypatch):
     monkeypatch.setattr(api, "load_network", lambda path, device: {"D": None})
     with pytest.raises(GenerationError, match="no G_ema"):
         load_generator("x.pkl", torch.device("cpu"))
+
+
+def test_default_network_is_the_bundled_demo(tmp_path):
+    result = run(["--seeds", "3", "--views=0,180", "--outdir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(tmp_path / "seed0003")) == ["image_yaw+000.png", "image_yaw+180.png"]
+    front, back = (np.asarray(open_png(tmp_path / "seed0003" / f"image_yaw{y}.png")) for y in ("+000", "+180"))
+    assert front.shape == (128, 128, 3) and front.std() > 5   # the demo's 128 px, not a flat image
+    assert np.abs(front.astype(float) - back).mean() > 5      # the back view is another image
