@@ -62,6 +62,13 @@ def _small_latents(G_kwargs: Dict[str, Any], dim: int) -> Dict[str, Any]:
     return G_kwargs
 
 
+def _tiny_networks(depth_resolution: int):
+    """(G_kwargs, D_kwargs) of the 16-channel, 64-d-latent networks that tiny-128 and demo-128 share."""
+    G_kwargs = _small_latents(generator_kwargs(img_resolution=128, channel_base=256, channel_max=16, triplane_size=32,
+                                               depth_resolution=depth_resolution, sr_num_fp16_res=0), 64)
+    return G_kwargs, discriminator_kwargs(128, 256, 16, mbstd_group_size=2, num_fp16_res=0, seg_resolution=64)
+
+
 PRESETS: Dict[str, TrainingPreset] = {
     "released-512": TrainingPreset(
         "released-512", generator_kwargs(), discriminator_kwargs(), nrr=64, gpus=8, batch=32, batch_gpu=4,
@@ -73,17 +80,11 @@ PRESETS: Dict[str, TrainingPreset] = {
         discriminator_kwargs(128, 16384, 256, mbstd_group_size=4, seg_resolution=128),
         nrr=64, gpus=1, batch=16, batch_gpu=8, kimg=5000, tick=4, snap=25, img_snap=25),
     "tiny-128": TrainingPreset(
-        "tiny-128",
-        _small_latents(generator_kwargs(img_resolution=128, channel_base=256, channel_max=16, triplane_size=32,
-                                        depth_resolution=8, sr_num_fp16_res=0), 64),
-        discriminator_kwargs(128, 256, 16, mbstd_group_size=2, num_fp16_res=0, seg_resolution=64),
+        "tiny-128", *_tiny_networks(depth_resolution=8),
         nrr=16, gpus=1, batch=4, batch_gpu=4, kimg=1, tick=0.04, snap=5, img_snap=5, back_repeat=1,
         mirror=True, workers=1),
     "demo-128": TrainingPreset(
-        "demo-128",
-        _small_latents(generator_kwargs(img_resolution=128, channel_base=256, channel_max=16, triplane_size=32,
-                                        depth_resolution=12, sr_num_fp16_res=0), 64),
-        discriminator_kwargs(128, 256, 16, mbstd_group_size=2, num_fp16_res=0, seg_resolution=64),
+        "demo-128", *_tiny_networks(depth_resolution=12),
         nrr=32, gpus=1, batch=4, batch_gpu=4, kimg=100, tick=0.2, snap=5, img_snap=5, back_repeat=1,
         mirror=True, workers=0,
         loss_defaults=dict(blur_fade_kimg=2.0, gpc_reg_fade_kimg=4.0, density_noise_fade_kimg=2.0)),

@@ -461,12 +461,12 @@ class Trainer:
 
     def _evaluate(self) -> None:
         """Metrics of the snapshot just written: one line each in ``metric-<name>.jsonl`` of the run folder
-        and the log, TensorBoard scalars ``Metrics/<key>``. Rank 0 computes; the other ranks wait. Metric
+        and the log, TensorBoard scalars ``Metrics/<key>`` (the time counts as the tick's maintenance, measured
+        in :meth:`_end_tick`). Rank 0 computes; the other ranks wait. Metric
         sampling uses its own seeded generators and restores the global RNG, so a run with metrics trains
         exactly as one without."""
         if self.metric_runner is not None:
             from training.metrics import append_result
-            start = time.time()
             for record in self.metric_runner.run(self.G_ema):
                 record.update(network=os.path.basename(self.last_snapshot or ""), kimg=self.cur_nimg / 1e3)
                 append_result(os.path.join(self.run_dir, f"metric-{record['metric']}.jsonl"), record)
@@ -474,7 +474,6 @@ class Trainer:
                 self.writer.scalars({f"Metrics/{k}": v for k, v in values.items()}, self.cur_nimg)
                 print(f"metric {record['metric']} " + " ".join(f"{k} {v:.4g}" for k, v in values.items())
                       + f" ({record['seconds']:.0f} s)")
-            self.maintenance += time.time() - start
         dist.barrier()
 
     def _metadata(self) -> Dict[str, Any]:
