@@ -359,15 +359,17 @@ def _check_sample_options(G, opts: SampleOptions) -> None:
 
 
 def _render_views(G, ws: torch.Tensor, opts: SampleOptions, device) -> dict:
-    """All views of one latent ``ws [1, num_ws, w_dim]``, in batches; outputs concatenated on N."""
+    """All views of one latent ``ws [1, num_ws, w_dim]``, in batches; outputs concatenated on N.
+    The planes and background are computed once for all views (``G.scene``)."""
     radius = G.rendering.avg_camera_radius if opts.radius is None else opts.radius
     cams = camera.make_label(yaw=torch.tensor(list(opts.views), dtype=torch.float64), pitch=opts.pitch,
                              radius=radius, focal=opts.focal, degrees=True).to(device)
+    scene = G.scene(ws, noise_mode="const")
     parts = []
     for i in range(0, len(cams), opts.batch):
         c = cams[i:i + opts.batch]
         parts.append(G.synthesis(ws.expand(len(c), -1, -1), c, opts.neural_rendering_resolution,
-                                 noise_mode="const"))
+                                 noise_mode="const", scene=scene))
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 

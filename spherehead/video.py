@@ -254,21 +254,34 @@ def _check_video_options(G, opts: VideoOptions) -> int:
 
 def iter_frames(G, key_ws: torch.Tensor, cams: torch.Tensor, opts: VideoOptions) -> Iterator[np.ndarray]:
     """Yield the video's uint8 frames ``[rows·H, cols·W, 3]``; ``key_ws [cells, K, num_ws, w_dim]``,
-    ``cams [frames, 25]``. Chunks of frames are rendered ``opts.batch`` images per forward pass."""
+    ``cams [frames, 25]``. Chunks of frames are rendered ``opts.batch`` images per forward pass.
+
+    With one keyframe per cell (K = 1, a turntable of fixed heads) each cell's planes and background
+    are computed once (``G.scene``) and every frame only renders them from its camera."""
     cells = key_ws.shape[0]
     radius = G.rendering.avg_camera_radius if opts.radius is None else opts.radius
     limits = depth_range(G, radius)
     t = torch.arange(len(cams), dtype=torch.float64) / len(cams)
+    scene = None
+    if key_ws.shape[1] == 1:
+        parts = [G.scene(key_ws[i:i + opts.batch, 0], noise_mode="const") for i in range(0, cells, opts.batch)]
+        scene = {k: None if parts[0][k] is None else torch.cat([p[k] for p in parts]) for k in parts[0]}
     per_chunk = max(1, opts.batch // cells)
     for start in range(0, len(cams), per_chunk):
         idx = torch.arange(start, min(start + per_chunk, len(cams)))
-        ws = interpolate_ws(key_ws, t[idx]).transpose(0, 1).reshape(-1, *key_ws.shape[2:])  # frame-major
+        if scene is None:
+            ws = interpolate_ws(key_ws, t[idx]).transpose(0, 1).reshape(-1, *key_ws.shape[2:])  # frame-major
+        else:
+            ws = key_ws[:, 0].repeat(len(idx), 1, 1)   # frame-major: row f·cells + k is cell k
         c = cams[idx].repeat_interleave(cells, dim=0).to(ws.device)
         pictures = []
         for i in range(0, len(ws), opts.batch):
-            out = G.synthesis(ws[i:i + opts.batch], c[i:i + opts.batch], opts.neural_rendering_resolution,
-                              noise_mode="const")
-            pictures.append(frame_pictures(out, opts.mode, c[i:i + opts.batch], limits))
+            rows = torch.arange(i, min(i + opts.batch, len(ws)))
+            batch_scene = None if scene is None else \
+                {k: None if v is None else v[rows % cells] for k, v in scene.items()}
+            out = G.synthesis(ws[rows], c[rows], opts.neural_rendering_resolution, noise_mode="const",
+                              scene=batch_scene)
+            pictures.append(frame_pictures(out, opts.mode, c[rows], limits))
         pictures = np.concatenate(pictures).reshape(len(idx), cells, *pictures[0].shape[1:])
         for frame in pictures:
             yield tile(frame, *opts.grid)

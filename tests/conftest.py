@@ -26,6 +26,17 @@ def official_small() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_network(tmp_path_factory) -> str:
+    """Path of a randomly initialised ``tiny`` network (G_ema and D) in a folder of the test module's own."""
+    import spherehead
+    from spherehead.networks.presets import build_preset
+    G, D = build_preset("tiny")
+    path = tmp_path_factory.mktemp("net") / "tiny.safetensors"
+    spherehead.save_network(str(path), G_ema=G, D=D)
+    return str(path)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

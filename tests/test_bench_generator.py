@@ -32,6 +32,22 @@ def test_forward():
     _check_common(result, batch=1, iters=1, mode="forward")
 
 
+def test_turntable_frame_times_frames_with_a_precomputed_scene(monkeypatch):
+    from spherehead.networks.generator import TriPlaneGenerator
+    scenes, synth = [], TriPlaneGenerator.synthesis
+
+    def spy(self, ws, c, *args, **kwargs):
+        assert kwargs["scene"]["planes"].shape[0] == 1 and len(ws) == len(c) == 3
+        assert len(set(c[:, 3].tolist())) == 3   # three cameras around the head
+        return synth(self, ws, c, *args, **kwargs)
+    scene = TriPlaneGenerator.scene
+    monkeypatch.setattr(TriPlaneGenerator, "scene", lambda self, *a, **k: (scenes.append(1), scene(self, *a, **k))[1])
+    monkeypatch.setattr(TriPlaneGenerator, "synthesis", spy)
+    result = benchmark(config="tiny", mode="turntable-frame", batch=3, iters=2, warmup=0, neural_rendering_resolution=8)
+    _check_common(result, batch=3, iters=2, mode="turntable-frame")
+    assert result["scene_s"] > 0 and scenes == [1]   # computed once, outside the timed frames
+
+
 def test_train_step_times_both_steps():
     result = benchmark(config="tiny", mode="train-step", batch=2, iters=1, warmup=0, neural_rendering_resolution=8)
     _check_common(result, batch=2, iters=1, mode="train-step")

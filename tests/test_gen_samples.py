@@ -8,7 +8,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import spherehead
 from spherehead import camera
 from spherehead.generation import (DEFAULT_VIEWS, PARSING_PALETTE, SAMPLE_PITCH_DEG, GenerationError, SampleOptions,
                                    generate_samples, load_generator, parse_floats, parse_grid, parse_range, png_bytes,
@@ -17,6 +16,7 @@ from spherehead.networks.presets import build_preset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gen_samples  # noqa: E402  (the CLI module in the repository root)
+from helpers import assert_user_error  # noqa: E402
 
 
 
@@ -25,24 +25,10 @@ def open_png(path):
     return pytest.importorskip("PIL.Image", reason="reading PNGs back needs Pillow").open(path)
 
 
-@pytest.fixture(scope="module")
-def tiny_network(tmp_path_factory):
-    G, D = build_preset("tiny")
-    path = tmp_path_factory.mktemp("net") / "tiny.safetensors"
-    spherehead.save_network(str(path), G_ema=G, D=D)
-    return str(path)
-
-
 def run(args):
     return CliRunner().invoke(gen_samples.main, args + ["--quiet", "--device", "cpu"])
 
 
-def assert_user_error(result, text):
-    """Exit code non-zero, one 'Error:' line naming the problem, no traceback."""
-    assert result.exit_code != 0
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and text in errors[0], result.output
-    assert "Traceback" not in result.output and not isinstance(result.exception, (TypeError, AttributeError))
 
 
 # ----- parsing -----
@@ -124,7 +110,8 @@ def test_gen_samples_writes_what_it_promises(tmp_path, tiny_network):
 
 @torch.no_grad()
 def test_generate_samples_renders_the_seed_from_each_view(tmp_path):
-    """The written front image is the uint8 of G.synthesis for RandomState(seed) latents and a yaw-0 camera."""
+    """The written front image is the uint8 of G.synthesis for RandomState(seed) latents and a yaw-0 camera
+    (up to a rounding step: generate_samples computes the planes once for all views, at batch 1)."""
     G, _ = build_preset("tiny")
     G.eval()
     opts = SampleOptions(seeds=[7], views=[0.0, 180.0], pitch=10.0, neural_rendering_resolution=8, batch=2)
@@ -134,8 +121,8 @@ def test_generate_samples_renders_the_seed_from_each_view(tmp_path):
         c = camera.make_label(torch.tensor([0.0, 180.0]), 10.0, degrees=True)
         expected = to_uint8(G.synthesis(ws.expand(2, -1, -1), c, 8, noise_mode="const")["image"])
     for view, tag in enumerate(["yaw+000", "yaw+180"]):
-        np.testing.assert_array_equal(np.asarray(open_png(tmp_path / "seed0007" / f"image_{tag}.png")),
-                                      expected[view])
+        written = np.asarray(open_png(tmp_path / "seed0007" / f"image_{tag}.png")).astype(int)
+        assert np.abs(written - expected[view]).max() <= 1 and np.mean(written == expected[view]) > 0.99
     assert not np.array_equal(expected[0], expected[1])
 
 

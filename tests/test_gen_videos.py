@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import spherehead
 from spherehead import camera
-from spherehead.generation import PARSING_PALETTE, GenerationError
+from spherehead.generation import PARSING_PALETTE, GenerationError, depth_range, rng_context
 from spherehead.networks.presets import build_preset
 from spherehead.rendering.ray_sampler import sample_rays
 from spherehead.video import (PITCH_AMPLITUDE_DEG, PITCH_OFFSET_DEG, Mp4Writer, VideoOptions, frame_pictures,
@@ -19,6 +19,7 @@ from spherehead.video import (PITCH_AMPLITUDE_DEG, PITCH_OFFSET_DEG, Mp4Writer, 
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gen_videos  # noqa: E402  (the CLI module in the repository root)
+from helpers import assert_user_error  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +39,6 @@ def run(args):
     return CliRunner().invoke(gen_videos.main, args + ["--quiet", "--device", "cpu"])
 
 
-def assert_user_error(result, text):
-    assert result.exit_code != 0
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and text in errors[0], result.output
-    assert "Traceback" not in result.output
 
 
 # ----- camera path -----
@@ -165,6 +161,29 @@ def test_frames_are_rendered_in_bounded_batches(tiny_g, monkeypatch):
         frames = [first] + list(frames)
     assert len(frames) == 3 and all(f.shape == (128, 256, 3) for f in frames)
     assert max(calls) <= 3 and sum(calls) == 6  # 3 frames × 2 cells, never more than --batch at once
+
+
+def test_turntable_renders_each_cells_planes_once(tiny_g, monkeypatch):
+    """One keyframe per cell: the backbones run once per cell, and the frames equal a frame-by-frame
+    render without the shared scene."""
+    key_ws = tiny_g.mapping(torch.randn(2, tiny_g.z_dim), camera.make_label(0.0, 0.0).expand(2, -1))[:, None]
+    cams = turntable_cameras(3)
+    opts = VideoOptions(grid=(2, 1), frames=3, batch=3, neural_rendering_resolution=8)
+    calls = []
+    planes = tiny_g.planes
+    monkeypatch.setattr(tiny_g, "planes", lambda ws, **kw: (calls.append(len(ws)), planes(ws, **kw))[1])
+    with torch.no_grad(), rng_context(0, torch.device("cpu")):
+        frames = list(iter_frames(tiny_g, key_ws, cams, opts))
+    assert calls == [2]
+    monkeypatch.setattr(tiny_g, "planes", planes)
+    limits = depth_range(tiny_g, tiny_g.rendering.avg_camera_radius)
+    with torch.no_grad(), rng_context(0, torch.device("cpu")):
+        for f, frame in enumerate(frames):
+            ws, c = key_ws[:, 0], cams[f:f + 1].expand(2, -1)
+            out = tiny_g.synthesis(ws, c, 8, noise_mode="const")
+            expected = tile(frame_pictures(out, "image", c, limits), 2, 1)
+            assert np.abs(frame.astype(int) - expected.astype(int)).max() <= 1
+            assert np.mean(frame == expected) > 0.99
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ""])

@@ -221,3 +221,25 @@ def test_w_avg_tracking_in_training():
         G.mapping(z, c, update_emas=True)
     expect = ws[:, 0].mean(0).lerp(before, 0.998)  # w_avg ← lerp(batch mean, w_avg, β = 0.998)
     assert torch.allclose(G.backbone.mapping.w_avg, expect, atol=1e-6)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_scene_renders_what_synthesis_renders(background):
+    """A latent's planes/background computed once (batch 1) and rendered from two cameras give the
+    images of plain synthesis; a scene of the wrong batch is refused."""
+    G = make_g(use_background=background)
+    z, c = _inputs()
+    with torch.no_grad():
+        ws = G.mapping(z[:1], c[:1]).expand(2, -1, -1)
+        scene = G.scene(ws[:1])
+        assert (scene["background"] is not None) == background and scene["planes"].shape[:3] == (1, 2, 3)
+        plain = G.synthesis(ws, c, neural_rendering_resolution=NRR, deterministic=True)
+        cached = G.synthesis(ws, c, neural_rendering_resolution=NRR, deterministic=True, scene=scene)
+        per_item = G.synthesis(ws, c, neural_rendering_resolution=NRR, deterministic=True, scene=G.scene(ws))
+        assert set(cached) == set(plain)
+        for key in plain:
+            torch.testing.assert_close(cached[key], plain[key], rtol=1e-5, atol=1e-5)
+            assert torch.equal(per_item[key], plain[key])   # a batch-N scene is exactly synthesis' own work
+        assert not torch.allclose(plain["image"][0], plain["image"][1])   # two cameras, two images
+        with pytest.raises(ValueError, match=r"scene\['planes'\] has batch 2; expected 1 or 3"):
+            G.synthesis(ws[:1].expand(3, -1, -1), c[:1].expand(3, -1), NRR, scene=G.scene(ws))

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 
 import spherehead
 from spherehead.camera import make_label
-from spherehead.networks.presets import build_preset
 from training.dataset import HeadDataset
 from training.metrics import MetricError, compute_metric, parse_metrics
 from training.metrics import artifacts, features, fid
@@ -20,6 +19,7 @@ from training.synthetic_set import generate_synthetic_set
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import calc_metrics  # noqa: E402  (the CLI module in the repository root)
+from helpers import assert_user_error  # noqa: E402
 
 
 class RandomConvFeatures(torch.nn.Module):
@@ -101,17 +101,9 @@ def small_set(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def tiny_network(tmp_path_factory):
-    G, D = build_preset("tiny")
-    path = tmp_path_factory.mktemp("net") / "tiny.safetensors"
-    spherehead.save_network(str(path), G_ema=G, D=D)
-    return str(path), G
-
-
 def test_fid_kid_with_feature_net_seam(small_set, tiny_network):
     ds = HeadDataset(small_set, xflip=False)
-    G = tiny_network[1]
+    G = spherehead.load_network(tiny_network)["G_ema"]
     net = RandomConvFeatures()
     render = fid.generator_renderer(G, "cpu", resolution=ds.resolution)
     res = fid.fid_kid(render, ds, net, bins=("front", "back"), kinds=("fid", "kid"), num_gen=4, batch=4)
@@ -133,7 +125,7 @@ def test_fid_kid_with_feature_net_seam(small_set, tiny_network):
 def test_calc_metrics_cli_with_stand_in_features(small_set, tiny_network, monkeypatch):
     import training.metrics as metrics
     monkeypatch.setattr(metrics, "load_inception", lambda spec, device, cache: RandomConvFeatures())
-    network = tiny_network[0]
+    network = tiny_network
     result = CliRunner().invoke(calc_metrics.main, ["--network", network, "--data", small_set, "--metrics",
                                                     "fid,kid", "--num-gen", "4", "--device", "cpu"])
     assert result.exit_code == 0, result.output
@@ -145,17 +137,40 @@ def test_calc_metrics_cli_with_stand_in_features(small_set, tiny_network, monkey
 
 # ----- user errors -----
 
-def assert_user_error(result, text):
-    assert result.exit_code != 0
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and text in errors[0], result.output
-    assert "Traceback" not in result.output
+def test_metric_runner_computes_real_features_once(small_set, tiny_network, monkeypatch):
+    """fid and kid-bins of two generators: the dataset goes through the feature net once, and every
+    result equals fid_kid computed from scratch."""
+    import training.metrics as metrics
+    from training.metrics.runner import MetricRunner
+    net, seen = RandomConvFeatures(), []
+    counting = lambda images: (seen.append(images.shape[0]), net(images))[1]   # noqa: E731
+    monkeypatch.setattr(metrics, "load_inception", lambda spec, device, cache: counting)
+    runner = MetricRunner("fid,kid-bins", small_set, "cpu", num_gen=4, batch=4)
+    ds = runner.dataset
+    G1 = spherehead.load_network(tiny_network)["G_ema"]
+    G2 = spherehead.load_network(tiny_network)["G_ema"]
+    with torch.no_grad():
+        for p in G2.parameters():
+            p.mul_(1.5)
+    fakes_per_run = 4 + 3 * 4   # fid: num_gen renders; kid-bins: num_gen per yaw bin
+    for G in (G1, G2):
+        before = sum(seen)
+        records = runner.run(G)
+        render = fid.generator_renderer(G, "cpu", resolution=ds.resolution, batch=4)
+        assert records[0]["results"] == fid.fid_kid(render, ds, net, num_gen=4, batch=4)
+        assert records[1]["results"] == fid.fid_kid(render, ds, net, ("front", "side", "back"), ("kid",),
+                                                    num_gen=4, batch=4)
+        reals = len(ds) if G is G1 else 0
+        assert sum(seen) - before == reals + fakes_per_run
+    assert records[0]["results"]["fid"] != runner.run(G1)[0]["results"]["fid"]   # the two G differ
 
 
-def test_missing_inception_is_one_line_error(tmp_path, small_set, tiny_network):
+
+
+def test_missing_inception_isassert_user_error(tmp_path, small_set, tiny_network):
     with pytest.raises(MetricError, match="inception-2015-12-05.pt"):
         features.resolve_inception(str(tmp_path / "nope.pt"))
-    base = ["--network", tiny_network[0], "--data", small_set, "--cache", str(tmp_path / "cache")]
+    base = ["--network", tiny_network, "--data", small_set, "--cache", str(tmp_path / "cache")]
     assert_user_error(CliRunner().invoke(calc_metrics.main, base), "Inception network not found")
     # A URL that cannot be fetched (nothing listens on port 9) names where to put the file; nothing is cached.
     bad_url = CliRunner().invoke(calc_metrics.main, base + ["--inception", "http://127.0.0.1:9/inception.pt"])
@@ -220,7 +235,7 @@ def test_artifact_detector_pipeline_and_cache(small_set, tmp_path):
 
 
 def test_calc_metrics_cli_artifact_rate(small_set, tiny_network, tmp_path):
-    args = ["--network", tiny_network[0], "--data", small_set, "--metrics", "artifact-rate", "--num-gen", "2",
+    args = ["--network", tiny_network, "--data", small_set, "--metrics", "artifact-rate", "--num-gen", "2",
             "--detector-steps", "3", "--cache", str(tmp_path), "--device", "cpu", "--no-save"]
     result = CliRunner().invoke(calc_metrics.main, args)
     assert result.exit_code == 0, result.output

@@ -11,8 +11,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import spherehead
-from spherehead.networks.presets import build_preset
 from spherehead.parsing import CLASS_INDEX, FLIP_LUT, NUM_CLASSES
 from training.dataset import HeadDataset
 from training.metrics import MetricError, compute_metric, fid, load_feature_net
@@ -22,6 +20,7 @@ from training.synthetic_set import generate_synthetic_set
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import calc_metrics  # noqa: E402  (the CLI module in the repository root)
+from helpers import assert_user_error  # noqa: E402
 
 # Small and fast: a net of width 16, 150 steps (a few seconds on one core).
 FAST = pf.ParsingFeatureOptions(width=16, steps=150, batch=16)
@@ -129,14 +128,6 @@ def test_load_feature_net_specs(heads, tmp_path, trained):
         load_feature_net(str(tmp_path / "nope.pt"), ds, heads)
 
 
-@pytest.fixture(scope="module")
-def tiny_network(tmp_path_factory):
-    G, D = build_preset("tiny")
-    path = tmp_path_factory.mktemp("net") / "tiny.safetensors"
-    spherehead.save_network(str(path), G_ema=G, D=D)
-    return str(path)
-
-
 def test_calc_metrics_features_parsing(heads, tiny_network, tmp_path):
     args = ["--network", tiny_network, "--data", heads, "--metrics", "fid,kid-bins", "--num-gen", "4",
             "--features", "parsing", "--feature-steps", "4", "--cache", str(tmp_path), "--device", "cpu"]
@@ -159,11 +150,6 @@ def test_calc_metrics_features_parsing(heads, tiny_network, tmp_path):
     assert record["feature_net"]["cached"] is True and record["results"] == records[0]["results"]
 
 
-def assert_user_error(result, text):
-    assert result.exit_code != 0
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and text in errors[0], result.output
-    assert "Traceback" not in result.output
 
 
 def test_calc_metrics_features_parsing_user_errors(heads, tiny_network, tmp_path):

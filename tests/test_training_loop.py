@@ -21,6 +21,7 @@ from training.presets import make_training_options
 from training.synthetic_set import generate_synthetic_set
 from training.training_loop import InfiniteSampler, Trainer, build_networks, training_loop
 from training.training_stats import Collector, read_stats, trim_stats
+from helpers import assert_user_error  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LOSSES = ("Loss/G/loss", "Loss/D/real", "Loss/D/fake", "Loss/D/vico")
@@ -176,12 +177,6 @@ def _cli(args):
     return CliRunner().invoke(train.main, args)
 
 
-def _one_line_error(result, *needles):
-    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error")]
-    assert len(lines) == 1, result.output
-    for needle in needles:
-        assert needle in lines[0], result.output
 
 
 def _without(heads, tmp_path, prefix):
@@ -195,17 +190,17 @@ def _without(heads, tmp_path, prefix):
 
 def test_cli_user_errors(heads, tmp_path):
     base = ["--outdir", str(tmp_path / "runs"), "--cfg", "tiny-128", "--dry-run"]
-    _one_line_error(_cli(base + ["--data", str(tmp_path / "missing.zip")]), "does not exist")
-    _one_line_error(_cli(base + ["--data", _without(heads, tmp_path, "dataset.json")]), "dataset.json")
-    _one_line_error(_cli(base + ["--data", _without(heads, tmp_path, "masks/")]), "no masks")
+    assert_user_error(_cli(base + ["--data", str(tmp_path / "missing.zip")]), "does not exist")
+    assert_user_error(_cli(base + ["--data", _without(heads, tmp_path, "dataset.json")]), "dataset.json")
+    assert_user_error(_cli(base + ["--data", _without(heads, tmp_path, "masks/")]), "no masks")
     no_parsing = _without(heads, tmp_path, "parsing/")
-    _one_line_error(_cli(base + ["--data", no_parsing]), "--no-parsing")
+    assert_user_error(_cli(base + ["--data", no_parsing]), "--no-parsing")
     assert _cli(base + ["--data", no_parsing, "--no-parsing"]).exit_code == 0
-    _one_line_error(_cli(base + ["--data", heads, "--cfg", "small-128", "--batch", "6", "--batch-gpu", "4"]),
+    assert_user_error(_cli(base + ["--data", heads, "--cfg", "small-128", "--batch", "6", "--batch-gpu", "4"]),
                     "--batch 6")
-    _one_line_error(_cli(base + ["--data", heads, "--resume", str(tmp_path / "nope.pkl")]), "no such file")
-    _one_line_error(_cli(base + ["--data", heads, "--gpus", "2"]), "torchrun")
-    _one_line_error(_cli(["--data", heads, "--cfg", "tiny-128", "--dry-run"]), "--outdir")
+    assert_user_error(_cli(base + ["--data", heads, "--resume", str(tmp_path / "nope.pkl")]), "no such file")
+    assert_user_error(_cli(base + ["--data", heads, "--gpus", "2"]), "torchrun")
+    assert_user_error(_cli(["--data", heads, "--cfg", "tiny-128", "--dry-run"]), "--outdir")
     assert not (tmp_path / "runs").exists()   # nothing is created by a dry run or a refused one
 
 
@@ -269,7 +264,7 @@ def test_metric_that_cannot_run_stops_the_start(heads, tmp_path):
             "--workers", "0", "--device", "cpu"]
     result = _cli(base + ["--metrics", "fid,nope"])
     assert result.exit_code != 0 and "nope" in result.output and "Traceback" not in result.output
-    _one_line_error(_cli(base + ["--metrics", "fid", "--metrics-features", str(tmp_path / "missing.pt")]),
+    assert_user_error(_cli(base + ["--metrics", "fid", "--metrics-features", str(tmp_path / "missing.pt")]),
                     "missing.pt")
     assert not list((tmp_path / "runs").glob("*/network-snapshot-*"))   # no training happened
 

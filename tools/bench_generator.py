@@ -3,12 +3,17 @@
     python tools/bench_generator.py --config fixture-small --batch 4
     python tools/bench_generator.py --network ckpt.safetensors --device cuda --iters 10
     python tools/bench_generator.py --config tiny --mode train-step --batch 2
+    python tools/bench_generator.py --config released-512 --mode turntable-frame --threads 1
     python tools/bench_generator.py --config released-512 --device cuda --impl ref   # reference ops only
 
 Modes:
 
 * ``forward``: ``G.mapping`` + ``G.apply_delta_c`` + ``G.synthesis`` under ``torch.no_grad`` (what
   ``gen_samples.py`` pays per batch).
+* ``turntable-frame``: what a turntable pays per batch of frames: ``G.synthesis`` of one latent from
+  ``batch`` cameras around the head, with that latent's ``G.scene`` (planes and background) computed
+  once before the timing, as ``gen_videos.py`` and ``gen_samples.py`` do. Compare with ``forward``
+  at the same batch for the saving; ``scene_s`` records the one-off cost of the scene.
 * ``train-step``: a G-side step (G forward with grad, D on the fake, backward of softplus(-D)
   through D into G; D's parameters frozen, as in the training loop's G phase) followed by a D step
   on the detached fake (backward through D only). Both are timed separately (``g_step_*``,
@@ -54,7 +59,7 @@ import torch.nn.functional as F
 
 from spherehead.camera import make_label
 
-MODES = ("forward", "train-step")
+MODES = ("forward", "turntable-frame", "train-step")
 OPS_IMPLS = ("auto", "cuda", "ref")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # non-fp32 = torch.autocast
 DEFAULT_CONFIG = "fixture-small"
@@ -137,6 +142,24 @@ def _forward_step(G, z, c, nrr) -> Callable[[], Dict[str, float]]:
     return step
 
 
+def _turntable_step(G, z, nrr, sync, extra: Dict[str, float]) -> Callable[[], Dict[str, float]]:
+    from spherehead.video import turntable_cameras
+    c = turntable_cameras(z.shape[0]).to(z.device)
+    with torch.no_grad():
+        ws = G.mapping(z[:1], c[:1], truncation_psi=1)
+        t0 = time.perf_counter()
+        scene = G.scene(ws, noise_mode="const")
+        sync()
+        extra["scene_s"] = round(time.perf_counter() - t0, 6)
+
+    def step():
+        with torch.no_grad():
+            G.synthesis(ws.expand(len(c), -1, -1), c, neural_rendering_resolution=nrr, noise_mode="const",
+                        scene=scene)
+        return {}
+    return step
+
+
 def _train_step(G, D, z, c, nrr, sync) -> Callable[[], Dict[str, float]]:
     """Like the training loop's phases: only the phase's own network requires grad (so the G step
     computes no D parameter gradients, and the D step none of G's)."""
@@ -198,16 +221,19 @@ def benchmark(config: Optional[str] = None, network: Optional[str] = None, devic
     z = torch.randn(batch, G.z_dim).to(dev)
     c = make_label(0.0, 0.0).repeat(batch, 1).to(dev)  # frontal camera at the default radius
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    if mode == "forward":
-        G.eval()
-        step = _forward_step(G, z, c, nrr)
-    else:
-        G.train()
-        D.train()
-        step = _train_step(G, D, z, c, nrr, sync)
+    extra: Dict[str, Any] = {}
     autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if DTYPES[dtype] is not None else nullcontext()
-
     with _ops_context(impl, dev), autocast:
+        if mode == "forward":
+            G.eval()
+            step = _forward_step(G, z, c, nrr)
+        elif mode == "turntable-frame":   # the scene is computed here: same ops and dtype as the frames
+            G.eval()
+            step = _turntable_step(G, z, nrr, sync, extra)
+        else:
+            G.train()
+            D.train()
+            step = _train_step(G, D, z, c, nrr, sync)
         times, parts, memory = _timed(step, warmup, iters, sync, dev)
     median = statistics.median(times)
     result = {"tool": "bench_generator", **source, "device": str(dev), "device_name": _device_name(dev),
@@ -217,7 +243,7 @@ def benchmark(config: Optional[str] = None, network: Optional[str] = None, devic
               "depth_resolution_importance": G.rendering.depth_resolution_importance,
               "mode": mode, "dtype": dtype, "ops_impl": impl, "warmup": warmup, "iters": iters,
               "times_s": [round(t, 6) for t in times], "median_s": round(median, 6),
-              "images_per_s": round(batch / median, 4)}
+              "images_per_s": round(batch / median, 4), **extra}
     for key, values in parts.items():
         result[f"{key}_times_s"] = [round(t, 6) for t in values]
         result[f"{key}_median_s"] = round(statistics.median(values), 6)
@@ -302,7 +328,8 @@ def write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None, show_default="torch's default",
               help="torch.set_num_threads.")
 @click.option("--mode", type=click.Choice(MODES), default="forward",
-              help="'forward' (no grad) or 'train-step' (G step + D step, each timed).")
+              help="'forward' (no grad), 'turntable-frame' (one latent's precomputed scene from --batch cameras) "
+                   "or 'train-step' (G step + D step, each timed).")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32",
               help="fp32, or bf16/fp16 under torch.autocast.")
 @click.option("--impl", type=click.Choice(OPS_IMPLS), default="auto",

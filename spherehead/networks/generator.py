@@ -151,29 +151,54 @@ class TriPlaneGenerator(nn.Module):
         shape = (n, 1, self.rendering.triplane_depth, PLANE_FEATURES, h, w)
         return torch.cat([self.ConvA(p).view(shape), self.ConvB(p).view(shape)], dim=1)
 
-    def _background(self, ws: torch.Tensor, ws_bcg, size, noise_mode, update_emas, fused_modconv):
+    def _background(self, ws: torch.Tensor, ws_bcg, noise_mode, update_emas, fused_modconv) -> torch.Tensor:
         k = self.bcg_synthesis.num_ws
         ws_bcg = (ws if ws_bcg is None else ws_bcg)[:, :k]
         if ws_bcg.shape[1] < k:  # pad by repeating the last w
             ws_bcg = torch.cat([ws_bcg, ws_bcg[:, -1:].repeat(1, k - ws_bcg.shape[1], 1)], dim=1)
-        bcg = self.bcg_synthesis(ws_bcg, noise_mode=noise_mode, update_emas=update_emas, fused_modconv=fused_modconv)
-        return F.interpolate(bcg, size=size, mode="bilinear", align_corners=False, antialias=self.rendering.sr_antialias)
+        return self.bcg_synthesis(ws_bcg, noise_mode=noise_mode, update_emas=update_emas, fused_modconv=fused_modconv)
+
+    def scene(self, ws: torch.Tensor, noise_mode: str = "const", ws_bcg: Optional[torch.Tensor] = None,
+              fused_modconv=None) -> dict:
+        """What :meth:`synthesis` computes from the latent alone, whatever the camera: ``{'planes':
+        [N, 2, 3, 32, T, T], 'background': [N, C, S, S] or None}``. Pass it to ``synthesis(scene=...)``
+        to render one latent from many cameras without rerunning the backbones (turntables, multi-view
+        samples); with constant noise the images are those of ``synthesis`` without it."""
+        planes = self.planes(ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
+        background = None if self.bcg_synthesis is None else \
+            self._background(ws, ws_bcg, noise_mode, False, fused_modconv)
+        return {"planes": planes, "background": background}
+
+    @staticmethod
+    def _from_scene(scene: dict, key: str, n: int, expand: bool = True) -> torch.Tensor:
+        """``scene[key]`` for a batch of ``n`` renders: batch 1 is repeated (left to broadcasting when not
+        ``expand``); any other batch must be ``n``."""
+        value = scene[key]
+        if value.shape[0] != n:
+            if value.shape[0] != 1:
+                raise ValueError(f"scene[{key!r}] has batch {value.shape[0]}; expected 1 or {n} (the ws batch)")
+            if expand:
+                value = value.expand(n, *value.shape[1:]).contiguous()
+        return value
 
     def synthesis(self, ws: torch.Tensor, c: torch.Tensor, neural_rendering_resolution: Optional[int] = None,
                   noise_mode: str = "const", deterministic: bool = False, update_emas: bool = False,
-                  ws_bcg: Optional[torch.Tensor] = None, fused_modconv=None) -> dict:
+                  ws_bcg: Optional[torch.Tensor] = None, fused_modconv=None, scene: Optional[dict] = None) -> dict:
         """ws [N, num_ws, w_dim], c [N, 25] (render camera) -> dict of images (§2.5, §4.8).
 
         ``neural_rendering_resolution`` None uses the attribute (never modified here).
         ``deterministic`` fixes the ray samples: coarse depths on the linspace, importance u on
         linspace(0, 1) (fixture README). Default is random, as in training.
+        ``scene``: :meth:`scene` of these ``ws`` (batch N, or 1 for one latent seen from N cameras);
+        None computes it here.
         """
         if c.ndim != 2 or c.shape[1] != 25:
             raise ValueError(f"render camera labels must be [N, 25], got {list(c.shape)}")
         res = int(neural_rendering_resolution or self.neural_rendering_resolution)
         n = ws.shape[0]
         origins, dirs = sample_rays(c[:, :16].view(-1, 4, 4), c[:, 16:25].view(-1, 3, 3), res)
-        planes = self.planes(ws, noise_mode=noise_mode, update_emas=update_emas, fused_modconv=fused_modconv)
+        planes = self.planes(ws, noise_mode=noise_mode, update_emas=update_emas, fused_modconv=fused_modconv) \
+            if scene is None else self._from_scene(scene, "planes", n)
         feats, depth, weight_sum = self.renderer(planes, self.decoder, origins, dirs, self.rendering,
                                                  deterministic=deterministic)
         feature_image = feats.permute(0, 2, 1).reshape(n, feats.shape[-1], res, res).contiguous()
@@ -182,7 +207,10 @@ class TriPlaneGenerator(nn.Module):
         if self.rendering.decoder_activation == "sigmoid":
             feature_image = feature_image * 2 - 1
         if self.bcg_synthesis is not None:  # composite in feature space (§10 item 10)
-            bcg = self._background(ws, ws_bcg, feature_image.shape[2:], noise_mode, update_emas, fused_modconv)
+            bcg = self._background(ws, ws_bcg, noise_mode, update_emas, fused_modconv) if scene is None \
+                else self._from_scene(scene, "background", n, expand=False)   # batch 1 broadcasts below
+            bcg = F.interpolate(bcg, size=feature_image.shape[2:], mode="bilinear",
+                                align_corners=False, antialias=self.rendering.sr_antialias)
             feature_image = feature_image + (1 - weight_image) * bcg
         if self.torgb is not None:
             rgb_image = self.torgb(feature_image, ws[:, -1], fused_modconv=False).to(torch.float32)

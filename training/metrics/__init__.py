@@ -77,7 +77,7 @@ def load_feature_net(spec: Optional[str], dataset=None, dataset_path=None, cache
 
 def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: int = 50000, seed: int = 0,
                    dataset_path: Optional[str] = None, detector_options=None, cache: Optional[str] = None,
-                   batch: int = 32) -> Dict[str, Any]:
+                   batch: int = 32, reals=None, detector=None) -> Dict[str, Any]:
     """One metric: ``{'metric', 'results': {...}, 'num_gen', 'seconds'}``.
 
     ``renderer`` is a :data:`training.metrics.fid.Renderer` (``fid.generator_renderer(G, device)``);
@@ -85,6 +85,10 @@ def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: i
     ('inception', 'parsing', or 'custom' for a callable without one), plus ``feature_net``, its report,
     when it has one — so a parsing-feature FID is never mistaken for an Inception FID. The artifact rate
     needs ``dataset_path`` (its detector cache key).
+
+    ``reals`` (:func:`training.metrics.fid.real_features` of ``dataset``) and ``detector`` (the
+    ``(detector, report)`` of :func:`training.metrics.artifacts.load_or_train_detector`) let a caller
+    that scores several generators compute them once (:class:`training.metrics.runner.MetricRunner`).
     """
     from training.metrics import artifacts, fid
     if name not in METRICS:
@@ -99,12 +103,14 @@ def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: i
             extra["feature_net"] = feature_net.report
         bins = ("all",) if not name.endswith("-bins") else ("front", "side", "back")
         results = fid.fid_kid(renderer, dataset, feature_net, bins, kinds=[name.split("-")[0]], num_gen=num_gen,
-                              seed=seed, batch=batch)
+                              seed=seed, batch=batch, reals=reals)
     else:
-        if dataset_path is None:
-            raise MetricError("artifact-rate needs the dataset path (its detector is cached by it)")
-        opts = detector_options or artifacts.DetectorOptions()
-        detector, report = artifacts.load_or_train_detector(dataset, dataset_path, opts, cache)
+        if detector is None:
+            if dataset_path is None:
+                raise MetricError("artifact-rate needs the dataset path (its detector is cached by it)")
+            detector = artifacts.load_or_train_detector(dataset, dataset_path,
+                                                        detector_options or artifacts.DetectorOptions(), cache)
+        detector, report = detector
         results = artifacts.artifact_rate(renderer, dataset, detector, num_gen, seed, batch=batch)
         results["detector"] = report
     return {"metric": name, "results": results, "num_gen": num_gen, "seed": seed,

@@ -144,17 +144,19 @@ def fake_features(renderer: Renderer, cameras: torch.Tensor, feature_net: Featur
 
 def fid_kid(renderer: Renderer, dataset, feature_net: FeatureNet, bins: Sequence[str] = ("all",),
             kinds: Iterable[str] = ("fid",), num_gen: int = 50000, seed: int = 0, batch: int = 32,
-            max_reals: Optional[int] = None) -> Dict[str, float]:
+            max_reals: Optional[int] = None, reals=None) -> Dict[str, float]:
     """FID/KID per yaw bin: ``{'fid': ..}`` for bin 'all', ``{'fid_front': .., 'kid_back': ..}`` otherwise.
 
     Reals: every dataset item in the bin (its own label decides). Fakes: ``num_gen`` renders per bin at
-    cameras drawn from the dataset labels of that bin.
+    cameras drawn from the dataset labels of that bin. ``reals``: :func:`real_features`' result for
+    this dataset and ``feature_net``, when the caller already has it (it does not change between
+    generators); None computes it.
     """
     kinds = list(kinds)
     unknown = [k for k in kinds if k not in ("fid", "kid")]
     if unknown:
         raise MetricError(f"unknown kind(s) {unknown}; choose fid and/or kid")
-    real, labels = real_features(dataset, feature_net, batch, max_reals)
+    real, labels = real_features(dataset, feature_net, batch, max_reals) if reals is None else reals
     results: Dict[str, float] = {}
     for name in bins:
         mask = yaw_bin_mask(labels, name)

@@ -3,6 +3,10 @@
 :class:`MetricRunner` checks the metric names, opens the dataset and gets the feature network once
 (a missing Inception file or a dataset without what a metric needs fails here, before any slow
 work), then :meth:`MetricRunner.run` scores a generator and returns one record per metric.
+
+What does not depend on the generator is computed at the first :meth:`~MetricRunner.run` and kept:
+the dataset's features (shared by fid, kid and their yaw bins) and the artifact detector. A training
+loop that scores every snapshot pays for them once.
 """
 from __future__ import annotations
 
@@ -31,17 +35,23 @@ class MetricRunner:
         self.feature_net = load_feature_net(features, dataset=self.dataset, dataset_path=self.data, cache=cache,
                                             device=self.device, parsing_options=parsing_options) \
             if needs_features(self.names) else None
+        self._reals = None      # fid.real_features(dataset, feature_net): (features, labels)
+        self._detector = None   # artifacts.load_or_train_detector(...): (detector, report)
 
     def run(self, G) -> List[Dict[str, Any]]:
         """One record per metric (``metric``, ``results``, ``num_gen``, ``seed``, ``seconds``, ``data``)."""
-        from training.metrics import compute_metric
-        from training.metrics.fid import generator_renderer
+        from training.metrics import artifacts, compute_metric, needs_features
+        from training.metrics.fid import generator_renderer, real_features
+        if self._reals is None and needs_features(self.names):
+            self._reals = real_features(self.dataset, self.feature_net, self.batch)
+        if self._detector is None and "artifact-rate" in self.names:
+            self._detector = artifacts.load_or_train_detector(self.dataset, self.data, self.detector_options,
+                                                              self.cache)
         renderer = generator_renderer(G, self.device, resolution=self.dataset.resolution, batch=self.batch)
         records = []
         for name in self.names:
             record = compute_metric(name, renderer, self.dataset, feature_net=self.feature_net, num_gen=self.num_gen,
-                                    seed=self.seed, dataset_path=self.data, detector_options=self.detector_options,
-                                    cache=self.cache, batch=self.batch)
+                                    seed=self.seed, batch=self.batch, reals=self._reals, detector=self._detector)
             record["data"] = os.path.abspath(self.data)
             records.append(record)
         return records
