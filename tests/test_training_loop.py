@@ -138,6 +138,28 @@ def test_resume_after_interruption_is_exact(runs):
     assert "Resuming" in (runs["B"] / "log.txt").read_text()
 
 
+def test_training_time_adds_up_across_resumes(runs, tmp_path):
+    """Timing/total_sec is this process's time; Timing/train_sec (also in the resume state) carries on
+    from the state the run resumed from. States written before train_sec existed fall back to the sum of
+    stats.jsonl's tick times up to the state."""
+    cut = runs["interrupted"]
+    stats = read_stats(str(runs["B"] / "stats.jsonl"))
+    train = [s["Timing/train_sec"]["mean"] for s in stats]
+    assert cut["state"]["train_sec"] >= cut["stats"][-1]["Timing/train_sec"]["mean"] > 0
+    assert train[:2] == [s["Timing/train_sec"]["mean"] for s in cut["stats"]]   # kept lines, unchanged
+    assert stats[2]["Timing/train_sec"]["mean"] == pytest.approx(
+        cut["state"]["train_sec"] + stats[2]["Timing/total_sec"]["mean"], abs=1e-6)
+    assert stats[2]["Timing/total_sec"]["mean"] < train[2]   # the new process's clock restarted
+    assert all(t > 0 for t in train) and train == sorted(train)
+
+    from types import SimpleNamespace
+    lines = [{"Progress/kimg": {"mean": k / 1000}, "Timing/sec_per_tick": {"mean": t}} for k, t in
+             ((2, 1.5), (4, 2.0), (6, 4.0))]
+    (tmp_path / "stats.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    old = SimpleNamespace(run_dir=str(tmp_path), rank=0, cur_nimg=4)
+    assert Trainer._train_sec_from_stats(old) == 3.5   # the ticks up to 4 images, not the one after
+
+
 def test_rerun_of_finished_run_does_nothing(runs, heads):
     summary = _run(runs["A"], tiny_options(heads))
     assert summary["cur_nimg"] == 6 and len(read_stats(str(runs["A"] / "stats.jsonl"))) == 3

@@ -255,6 +255,7 @@ class Trainer:
         self.optimizers = {"G": self.phases[0].opt, "D": self.phases[-1].opt}
         self.cur_nimg = self.cur_tick = self.batch_idx = 0
         self.fade_disabled = False
+        self.train_sec_before = 0.0   # wall time of the run before this process, from the resume state
         self.start = self._resume()
         for module in (self.G, self.D, self.G_ema):
             dist.broadcast_module(module)   # every rank starts from rank 0's weights
@@ -284,6 +285,16 @@ class Trainer:
             return "weights"
         return "scratch"
 
+    def _train_sec_from_stats(self) -> float:
+        """Training time up to ``cur_nimg`` by the per-tick times of stats.jsonl: the fallback for resume
+        states written before they recorded ``train_sec``."""
+        from training.training_stats import read_stats
+        path = os.path.join(self.run_dir, "stats.jsonl")
+        if self.rank != 0 or not os.path.exists(path):
+            return 0.0
+        return sum(line.get("Timing/sec_per_tick", {}).get("mean", 0.0) for line in read_stats(path)
+                   if round(line.get("Progress/kimg", {}).get("mean", 0) * 1000) <= self.cur_nimg)
+
     def _load_state(self, state: Dict[str, Any]) -> None:
         for name in ("G", "D", "G_ema"):
             getattr(self, name).load_state_dict(state[name])
@@ -291,6 +302,7 @@ class Trainer:
             opt.load_state_dict(state["optimizers"][name])
         self.cur_nimg, self.cur_tick, self.batch_idx = state["cur_nimg"], state["cur_tick"], state["batch_idx"]
         self.fade_disabled = bool(state["fade_disabled"])
+        self.train_sec_before = float(state["train_sec"]) if "train_sec" in state else self._train_sec_from_stats()
         self.G.neural_rendering_resolution = self.G_ema.neural_rendering_resolution = \
             state["neural_rendering_resolution"]
         if len(state["rng"]) == self.world:
@@ -404,7 +416,8 @@ class Trainer:
         tick_sec, tick_nimg = now - self.tick_start_time, self.cur_nimg - self.tick_start_nimg
         remaining = max(o.total_kimg * 1000 - self.cur_nimg, 0) * tick_sec / max(tick_nimg, 1)
         timing = {"Progress/tick": self.cur_tick, "Progress/kimg": self.cur_nimg / 1e3,
-                  "Timing/total_sec": now - self.start_time, "Timing/sec_per_tick": tick_sec,
+                  "Timing/total_sec": now - self.start_time, "Timing/train_sec": self._train_sec(now),
+                  "Timing/sec_per_tick": tick_sec,
                   "Timing/sec_per_kimg": tick_sec / max(tick_nimg, 1) * 1e3, "Timing/maintenance_sec": self.maintenance,
                   "Resources/peak_mem_gb": peak_memory_gb(self.device)}
         dist.print0(f"tick {self.cur_tick:<5d} kimg {self.cur_nimg / 1e3:<8.3f} time {format_time(now - self.start_time):<9s} "
@@ -422,6 +435,11 @@ class Trainer:
             self._evaluate()
         self.cur_tick += 1
         self.tick_start_nimg, self.tick_start_time, self.maintenance = self.cur_nimg, time.time(), time.time() - start
+
+    def _train_sec(self, now: float) -> float:
+        """Wall time of the whole run up to ``now``, across resumes: the time of every process up to the
+        state it was resumed from, plus this process's (time after a run's last state is not counted)."""
+        return self.train_sec_before + now - self.start_time
 
     def _save_grid(self, name: str) -> None:
         from spherehead.generation import write_png
@@ -443,6 +461,7 @@ class Trainer:
                          data_position=self.batch_idx * self.opts.batch, fade_disabled=self.fade_disabled,
                          neural_rendering_resolution=int(self.G.neural_rendering_resolution), rng=rngs,
                          world_size=self.world, digests=digests, snapshot=os.path.basename(path),
+                         train_sec=self._train_sec(time.time()),
                          options=self.opts.to_dict())
             resume_io.save_state(resume_io.state_path(self.run_dir, self.cur_nimg), state)
             resume_io.prune_states(self.run_dir, self.opts.keep_resume_states)
