@@ -4,19 +4,24 @@
         --inception ~/models/inception-2015-12-05.pt --num-gen 50000
     python calc_metrics.py --network net.safetensors --data synthetic.zip --metrics artifact-rate --num-gen 1000
     python calc_metrics.py --network net.safetensors --data synthetic.zip --metrics fid,kid --features parsing
+    python calc_metrics.py --network runs/vico --data synthetic.zip --metrics fid --features parsing  # every snapshot
 
 ``--features parsing`` measures FID/KID with a small net trained on the dataset's parsing maps instead of
 the Inception (offline; its numbers are not comparable with Inception FIDs; the record says which).
 
-Each result is printed and appended to ``metric-<name>.jsonl`` next to the network (``--no-save``
-to only print). A thin wrapper over :func:`training.metrics.compute_metric`; see docs/metrics.md.
+Each result is printed and appended to ``metric-<name>.jsonl`` next to the network (the current folder
+for a bundled network such as ``demo``; ``--no-save`` to only print). Several ``--network`` options, or a
+training run's folder (all its ``network-snapshot-*.safetensors`` in kimg order), are scored one after
+the other against one dataset setup: the dataset's features and the detector are computed once. A thin wrapper over :func:`training.metrics.compute_metric`; see docs/metrics.md.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sys
 from pathlib import Path
+from typing import List, Sequence
 
 try:
     import spherehead  # noqa: F401
@@ -28,9 +33,38 @@ import click
 from spherehead.generation import load_generator, resolve_device, user_errors
 
 
+def network_files(specs: Sequence[str]) -> List[str]:
+    """The checkpoint files that ``--network`` options name: files as given, bundled names ('demo'), and
+    run folders expanded to their snapshots in kimg order. MetricError for anything else, before any work."""
+    from spherehead.assets import resolve_network
+    from training.metrics import MetricError
+    files = []
+    for spec in specs:
+        path = resolve_network(spec)
+        if os.path.isdir(path):
+            snapshots = sorted(glob.glob(os.path.join(glob.escape(path), "network-snapshot-*.safetensors")))
+            if not snapshots:
+                raise MetricError(f"--network {spec}: a folder without network-snapshot-*.safetensors files")
+            files += snapshots
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise MetricError(f"--network {spec}: no such file, folder or bundled network")
+    return files
+
+
+def results_folder(network: str) -> str:
+    """Where ``metric-<name>.jsonl`` goes: beside the network, or the current folder for a bundled one
+    (never into the installed package)."""
+    import spherehead.assets
+    folder = os.path.dirname(os.path.abspath(network))
+    return os.getcwd() if folder == os.path.dirname(os.path.abspath(spherehead.assets.__file__)) else folder
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--network", required=True, type=click.Path(dir_okay=False, path_type=str),
-              help="Native .safetensors file or upstream pickle.")
+@click.option("--network", "networks", required=True, multiple=True, type=click.Path(path_type=str),
+              help="Native .safetensors file, upstream pickle, bundled name ('demo') or a training run's folder "
+                   "(all its snapshots); repeat for several.")
 @click.option("--data", required=True, type=click.Path(path_type=str), help="Dataset folder or zip (with labels).")
 @click.option("--metrics", "metric_names", default="fid",
               help="Comma-separated: fid, kid, fid-bins, kid-bins, artifact-rate.")
@@ -50,7 +84,7 @@ from spherehead.generation import load_generator, resolve_device, user_errors
 @click.option("--cache", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Download, detector and feature-net cache  [default: ~/.cache/spherehead]")
 @click.option("--no-save", is_flag=True, help="Only print; do not append to metric-<name>.jsonl.")
-def main(network, data, metric_names, num_gen, features, inception, feature_steps, detector_steps, seed, batch, device,
+def main(networks, data, metric_names, num_gen, features, inception, feature_steps, detector_steps, seed, batch, device,
          cache, no_save):
     """Compute FID/KID (all views or yaw bins) and the back-view artifact rate of a generator."""
     from training.dataset_io import DatasetError
@@ -63,19 +97,21 @@ def main(network, data, metric_names, num_gen, features, inception, feature_step
             if features == PARSING_FEATURES and inception is not None:
                 raise MetricError("--inception applies to --features inception only")
             dev = resolve_device(device)
-            # Names, dataset and feature net before the generator: a missing Inception file (or parsing
+            files = network_files(networks)
+            # Names, dataset and feature net before the generators: a missing Inception file (or parsing
             # maps) fails before any slow work.
             runner = MetricRunner(
                 metric_names, data, dev, num_gen=num_gen, seed=seed, batch=batch, cache=cache,
                 features=PARSING_FEATURES if features == PARSING_FEATURES else inception,
                 detector_options=None if detector_steps is None else DetectorOptions(steps=detector_steps),
                 parsing_options=None if feature_steps is None else ParsingFeatureOptions(steps=feature_steps))
-            for record in runner.run(load_generator(network, dev)):
-                record["network"] = os.path.abspath(network)
-                click.echo(json.dumps(record, sort_keys=True))
-                if not no_save:
-                    append_result(os.path.join(os.path.dirname(os.path.abspath(network)),
-                                               f"metric-{record['metric']}.jsonl"), record)
+            for network in files:
+                for record in runner.run(load_generator(network, dev)):
+                    record["network"] = os.path.abspath(network)
+                    click.echo(json.dumps(record, sort_keys=True))
+                    if not no_save:
+                        append_result(os.path.join(results_folder(network), f"metric-{record['metric']}.jsonl"),
+                                      record)
     except (MetricError, DatasetError) as e:
         raise click.ClickException(" ".join(str(e).split())) from None
 

@@ -135,6 +135,44 @@ def test_calc_metrics_cli_with_stand_in_features(small_set, tiny_network, monkey
     assert json.loads(open(saved).read().splitlines()[-1])["results"] == lines[0]["results"]
 
 
+def test_calc_metrics_cli_scores_a_run_folder_and_several_networks(small_set, tiny_network, tmp_path, monkeypatch):
+    """A run folder expands to its snapshots in kimg order; repeated --network options add more. One
+    dataset pass for all; each network's results land beside it, a bundled one's in the current folder."""
+    import shutil
+    import training.metrics as metrics
+    net, seen = RandomConvFeatures(), []
+    monkeypatch.setattr(metrics, "load_inception", lambda spec, device, cache: (
+        lambda images: (seen.append(images.shape[0]), net(images))[1]))
+    run = tmp_path / "run"
+    run.mkdir()
+    nets = spherehead.load_network(tiny_network)
+    with torch.no_grad():
+        for p in nets["G_ema"].parameters():
+            p.mul_(1.3)
+    spherehead.save_network(str(run / "network-snapshot-000002.safetensors"), G_ema=nets["G_ema"])
+    shutil.copy(tiny_network, run / "network-snapshot-000001.safetensors")
+    (run / "stats.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path)
+    args = ["--data", small_set, "--metrics", "fid", "--num-gen", "4", "--device", "cpu", "--batch", "4"]
+    result = CliRunner().invoke(calc_metrics.main, ["--network", str(run), "--network", "demo"] + args)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert [os.path.basename(r["network"]) for r in lines] == [
+        "network-snapshot-000001.safetensors", "network-snapshot-000002.safetensors", "demo-128.safetensors"]
+    assert len({r["results"]["fid"] for r in lines}) == 3
+    ds = HeadDataset(small_set, xflip=False)
+    assert sum(seen) == len(ds) + 3 * 4   # the reals once, then 4 fakes per network
+    saved = [json.loads(line) for line in (run / "metric-fid.jsonl").read_text().splitlines()]
+    assert [r["results"] for r in saved] == [r["results"] for r in lines[:2]]
+    assert json.loads((tmp_path / "metric-fid.jsonl").read_text())["results"] == lines[2]["results"]
+    for bad, text in ((str(tmp_path / "nothing-here"), "no such file, folder or bundled network"),
+                      (str(small_set), "a folder without network-snapshot-*.safetensors")):
+        seen.clear()
+        assert_user_error(CliRunner().invoke(calc_metrics.main, ["--network", str(run), "--network", bad] + args),
+                          text)
+        assert not seen   # refused before any image was scored
+
+
 # ----- user errors -----
 
 def test_metric_runner_computes_real_features_once(small_set, tiny_network, monkeypatch):
