@@ -138,6 +138,33 @@ def test_resume_after_interruption_is_exact(runs):
     assert "Resuming" in (runs["B"] / "log.txt").read_text()
 
 
+def test_resume_after_ticks_past_the_last_state_keeps_every_stats_line(heads, tmp_path):
+    """The process dies after writing tick 2's stats line but before its state: the resumed run drops
+    that line (it trains the tick again) and writes it anew, with the same numbers, into stats.jsonl."""
+    original = resume_io.save_state
+
+    def die_before_state_of_tick_2(path, state):
+        if state["cur_tick"] == 3:
+            raise Interrupted
+        original(path, state)
+
+    resume_io.save_state = die_before_state_of_tick_2
+    try:
+        with pytest.raises(Interrupted):
+            _run(tmp_path / "C", tiny_options(heads))
+    finally:
+        resume_io.save_state = original
+    path = str(tmp_path / "C" / "stats.jsonl")
+    before = read_stats(path)
+    assert [round(s["Progress/kimg"]["mean"] * 1000) for s in before] == [2, 4, 6]
+    _run(tmp_path / "C", tiny_options(heads))
+    after = read_stats(path)
+    assert [round(s["Progress/kimg"]["mean"] * 1000) for s in after] == [2, 4, 6]
+    losses = lambda line: {k: v["mean"] for k, v in line.items() if k.startswith("Loss/")}   # noqa: E731
+    assert [losses(line) for line in after] == [losses(line) for line in before]
+    assert after[2]["timestamp"] > before[2]["timestamp"]   # tick 2 as trained again
+
+
 def test_training_time_adds_up_across_resumes(runs, tmp_path):
     """Timing/total_sec is this process's time; Timing/train_sec (also in the resume state) carries on
     from the state the run resumed from. States written before train_sec existed fall back to the sum of

@@ -73,7 +73,8 @@ class StatsWriter:
 
     def __init__(self, run_dir: str, tensorboard: bool = True, log=print):
         self.path = os.path.join(run_dir, "stats.jsonl")
-        self._file = open(self.path, "at", encoding="utf-8")
+        # Opened for each line, not held: trim_stats replaces the file when a run resumes, and a handle
+        # opened before that would keep writing into the replaced (deleted) file.
         self._tb = None
         if tensorboard:
             try:
@@ -87,8 +88,8 @@ class StatsWriter:
         timestamp = time.time() if timestamp is None else timestamp
         line = {name: {k: _json_number(v) for k, v in s.items()} for name, s in stats.items()}
         line["timestamp"] = timestamp
-        self._file.write(json.dumps(line) + "\n")
-        self._file.flush()
+        with open(self.path, "at", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
         if self._tb is not None:
             for name, s in stats.items():
                 self._tb.add_scalar(name, s["mean"], global_step=int(cur_nimg), walltime=timestamp)
@@ -102,7 +103,6 @@ class StatsWriter:
             self._tb.flush()
 
     def close(self) -> None:
-        self._file.close()
         if self._tb is not None:
             self._tb.close()
 
