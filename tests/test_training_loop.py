@@ -62,25 +62,33 @@ def _run(run_dir, opts):
     return training_loop(str(run_dir), opts, device=torch.device("cpu"), num_workers=0, tensorboard=False)
 
 
+def _run_until_killed(run_dir, opts, state_tick: int, state_written: bool):
+    """Run, and "kill" the process at the resume state whose ``cur_tick`` is ``state_tick``: right after
+    it is on disk (``state_written``), or just before it would be written."""
+    original = resume_io.save_state
+
+    def save(path, state):
+        if state["cur_tick"] == state_tick:
+            if state_written:
+                original(path, state)
+            raise Interrupted
+        original(path, state)
+
+    resume_io.save_state = save
+    try:
+        with pytest.raises(Interrupted):
+            _run(run_dir, opts)
+    finally:
+        resume_io.save_state = original
+
+
 @pytest.fixture(scope="module")
 def runs(heads, tmp_path_factory):
     """Run A: 3 iterations in one go. Run B: the same command, but the process dies right after the
     resume state of tick 1 (iteration 2) is written; then the same command is run again."""
     root = tmp_path_factory.mktemp("runs")
     summary_a = _run(root / "A", tiny_options(heads))
-    original = resume_io.save_state
-
-    def save_then_die(path, state):
-        original(path, state)
-        if state["cur_tick"] == 2:   # the state of tick 1 is on disk: "kill" the process
-            raise Interrupted
-
-    resume_io.save_state = save_then_die
-    try:
-        with pytest.raises(Interrupted):
-            _run(root / "B", tiny_options(heads))
-    finally:
-        resume_io.save_state = original
+    _run_until_killed(root / "B", tiny_options(heads), state_tick=2, state_written=True)   # tick 1's state
     interrupted = {"stats": read_stats(str(root / "B" / "stats.jsonl")),
                    "state": resume_io.latest_state(str(root / "B"))}
     summary_b = _run(root / "B", tiny_options(heads))
@@ -141,19 +149,7 @@ def test_resume_after_interruption_is_exact(runs):
 def test_resume_after_ticks_past_the_last_state_keeps_every_stats_line(heads, tmp_path):
     """The process dies after writing tick 2's stats line but before its state: the resumed run drops
     that line (it trains the tick again) and writes it anew, with the same numbers, into stats.jsonl."""
-    original = resume_io.save_state
-
-    def die_before_state_of_tick_2(path, state):
-        if state["cur_tick"] == 3:
-            raise Interrupted
-        original(path, state)
-
-    resume_io.save_state = die_before_state_of_tick_2
-    try:
-        with pytest.raises(Interrupted):
-            _run(tmp_path / "C", tiny_options(heads))
-    finally:
-        resume_io.save_state = original
+    _run_until_killed(tmp_path / "C", tiny_options(heads), state_tick=3, state_written=False)   # tick 2's
     path = str(tmp_path / "C" / "stats.jsonl")
     before = read_stats(path)
     assert [round(s["Progress/kimg"]["mean"] * 1000) for s in before] == [2, 4, 6]
