@@ -12,7 +12,8 @@ the Inception (offline; its numbers are not comparable with Inception FIDs; the 
 Each result is printed and appended to ``metric-<name>.jsonl`` next to the network (the current folder
 for a bundled network such as ``demo``; ``--no-save`` to only print). Several ``--network`` options, or a
 training run's folder (all its ``network-snapshot-*.safetensors`` in kimg order), are scored one after
-the other against one dataset setup: the dataset's features and the detector are computed once. A thin wrapper over :func:`training.metrics.compute_metric`; see docs/metrics.md.
+the other against one dataset setup: the dataset's features and the detector are computed once.
+A thin wrapper over :func:`training.metrics.runner.MetricRunner`; see docs/metrics.md.
 """
 from __future__ import annotations
 

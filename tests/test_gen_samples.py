@@ -19,7 +19,6 @@ import gen_samples  # noqa: E402  (the CLI module in the repository root)
 from helpers import assert_user_error  # noqa: E402
 
 
-
 def open_png(path):
     """PIL.Image.open, or a skip (for the tests that read PNGs back) when Pillow is not installed."""
     return pytest.importorskip("PIL.Image", reason="reading PNGs back needs Pillow").open(path)
@@ -27,8 +26,6 @@ def open_png(path):
 
 def run(args):
     return CliRunner().invoke(gen_samples.main, args + ["--quiet", "--device", "cpu"])
-
-
 
 
 # ----- parsing -----

@@ -39,8 +39,6 @@ def run(args):
     return CliRunner().invoke(gen_videos.main, args + ["--quiet", "--device", "cpu"])
 
 
-
-
 # ----- camera path -----
 
 @pytest.mark.parametrize("loops", [1, 2])

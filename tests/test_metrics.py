@@ -22,6 +22,12 @@ import calc_metrics  # noqa: E402  (the CLI module in the repository root)
 from helpers import assert_user_error  # noqa: E402
 
 
+def counting_features():
+    """(a RandomConvFeatures callable that records each batch's size, that list of sizes)."""
+    net, seen = RandomConvFeatures(), []
+    return (lambda images: (seen.append(images.shape[0]), net(images))[1]), seen
+
+
 class RandomConvFeatures(torch.nn.Module):
     """Deterministic stand-in for the Inception: fixed random convs + pooling, uint8 -> [N, 16]."""
 
@@ -140,9 +146,8 @@ def test_calc_metrics_cli_scores_a_run_folder_and_several_networks(small_set, ti
     dataset pass for all; each network's results land beside it, a bundled one's in the current folder."""
     import shutil
     import training.metrics as metrics
-    net, seen = RandomConvFeatures(), []
-    monkeypatch.setattr(metrics, "load_inception", lambda spec, device, cache: (
-        lambda images: (seen.append(images.shape[0]), net(images))[1]))
+    counting, seen = counting_features()
+    monkeypatch.setattr(metrics, "load_inception", lambda spec, device, cache: counting)
     run = tmp_path / "run"
     run.mkdir()
     nets = spherehead.load_network(tiny_network)
@@ -173,16 +178,14 @@ def test_calc_metrics_cli_scores_a_run_folder_and_several_networks(small_set, ti
         assert not seen   # refused before any image was scored
 
 
-# ----- user errors -----
-
 def test_metric_runner_computes_real_features_once(small_set, tiny_network, monkeypatch):
     """fid and kid-bins of two generators: the dataset goes through the feature net once, and every
     result equals fid_kid computed from scratch."""
     import training.metrics as metrics
     from training.metrics.runner import MetricRunner
-    net, seen = RandomConvFeatures(), []
-    counting = lambda images: (seen.append(images.shape[0]), net(images))[1]   # noqa: E731
+    counting, seen = counting_features()
     monkeypatch.setattr(metrics, "load_inception", lambda spec, device, cache: counting)
+    net = RandomConvFeatures()   # the same fixed weights, for the from-scratch comparison
     runner = MetricRunner("fid,kid-bins", small_set, "cpu", num_gen=4, batch=4)
     ds = runner.dataset
     G1 = spherehead.load_network(tiny_network)["G_ema"]
@@ -203,9 +206,9 @@ def test_metric_runner_computes_real_features_once(small_set, tiny_network, monk
     assert records[0]["results"]["fid"] != runner.run(G1)[0]["results"]["fid"]   # the two G differ
 
 
+# ----- user errors -----
 
-
-def test_missing_inception_isassert_user_error(tmp_path, small_set, tiny_network):
+def test_missing_inception_is_one_line_error(tmp_path, small_set, tiny_network):
     with pytest.raises(MetricError, match="inception-2015-12-05.pt"):
         features.resolve_inception(str(tmp_path / "nope.pt"))
     base = ["--network", tiny_network, "--data", small_set, "--cache", str(tmp_path / "cache")]

@@ -150,8 +150,6 @@ def test_calc_metrics_features_parsing(heads, tiny_network, tmp_path):
     assert record["feature_net"]["cached"] is True and record["results"] == records[0]["results"]
 
 
-
-
 def test_calc_metrics_features_parsing_user_errors(heads, tiny_network, tmp_path):
     no_parsing = tmp_path / "no-parsing"
     shutil.copytree(heads, no_parsing)

@@ -222,8 +222,6 @@ def _cli(args):
     return CliRunner().invoke(train.main, args)
 
 
-
-
 def _without(heads, tmp_path, prefix):
     out = tmp_path / f"no-{prefix.strip('/.')}.zip"
     with zipfile.ZipFile(heads) as src, zipfile.ZipFile(out, "w") as dst:

@@ -288,12 +288,12 @@ class Trainer:
     def _train_sec_from_stats(self) -> float:
         """Training time up to ``cur_nimg`` by the per-tick times of stats.jsonl: the fallback for resume
         states written before they recorded ``train_sec``."""
-        from training.training_stats import read_stats
+        from training.training_stats import read_stats, stats_nimg
         path = os.path.join(self.run_dir, "stats.jsonl")
         if self.rank != 0 or not os.path.exists(path):
             return 0.0
         return sum(line.get("Timing/sec_per_tick", {}).get("mean", 0.0) for line in read_stats(path)
-                   if round(line.get("Progress/kimg", {}).get("mean", 0) * 1000) <= self.cur_nimg)
+                   if stats_nimg(line) <= self.cur_nimg)
 
     def _load_state(self, state: Dict[str, Any]) -> None:
         for name in ("G", "D", "G_ema"):

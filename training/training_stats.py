@@ -113,13 +113,18 @@ def read_stats(path: str) -> list:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def stats_nimg(line: dict) -> int:
+    """Images shown at the tick of a stats.jsonl line (a :func:`read_stats` dict)."""
+    return round(line.get("Progress/kimg", {}).get("mean", 0) * 1000)
+
+
 def trim_stats(path: str, cur_nimg: int) -> None:
     """Drop the lines of ticks after ``cur_nimg`` images (a resumed run repeats them), atomically."""
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8") as f:
         lines = [line for line in f if line.strip()]
-    keep = [line for line in lines if round(json.loads(line).get("Progress/kimg", {}).get("mean", 0) * 1000) <= cur_nimg]
+    keep = [line for line in lines if stats_nimg(json.loads(line)) <= cur_nimg]
     if len(keep) != len(lines):
         with atomic_path(path) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
