@@ -58,11 +58,11 @@ class Interrupted(Exception):
     pass
 
 
-def _run(run_dir, opts):
-    return training_loop(str(run_dir), opts, device=torch.device("cpu"), num_workers=0, tensorboard=False)
+def _run(run_dir, opts, tensorboard: bool = False):
+    return training_loop(str(run_dir), opts, device=torch.device("cpu"), num_workers=0, tensorboard=tensorboard)
 
 
-def _run_until_killed(run_dir, opts, state_tick: int, state_written: bool):
+def _run_until_killed(run_dir, opts, state_tick: int, state_written: bool, tensorboard: bool = False):
     """Run, and "kill" the process at the resume state whose ``cur_tick`` is ``state_tick``: right after
     it is on disk (``state_written``), or just before it would be written."""
     original = resume_io.save_state
@@ -77,7 +77,7 @@ def _run_until_killed(run_dir, opts, state_tick: int, state_written: bool):
     resume_io.save_state = save
     try:
         with pytest.raises(Interrupted):
-            _run(run_dir, opts)
+            _run(run_dir, opts, tensorboard)
     finally:
         resume_io.save_state = original
 
@@ -159,6 +159,28 @@ def test_resume_after_ticks_past_the_last_state_keeps_every_stats_line(heads, tm
     losses = lambda line: {k: v["mean"] for k, v in line.items() if k.startswith("Loss/")}   # noqa: E731
     assert [losses(line) for line in after] == [losses(line) for line in before]
     assert after[2]["timestamp"] > before[2]["timestamp"]   # tick 2 as trained again
+
+
+def test_tensorboard_scalars_match_stats_after_a_resume(heads, tmp_path):
+    """TensorBoard gets every stats.jsonl mean at its image count; the ticks an interrupted process logged
+    after its last state are purged on resume, so each step appears once, with the retrained values."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "tb"
+    _run_until_killed(run, tiny_options(heads), state_tick=3, state_written=False, tensorboard=True)
+    first = read_stats(str(run / "stats.jsonl"))
+    _run(run, tiny_options(heads), tensorboard=True)
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2   # one file per process
+    events = EventAccumulator(str(run))
+    events.Reload()
+    stats = read_stats(str(run / "stats.jsonl"))
+    assert stats[2]["timestamp"] > first[2]["timestamp"]
+    for tag in LOSSES + ("Timing/train_sec",):
+        scalars = events.Scalars(tag)
+        assert [e.step for e in scalars] == [2, 4, 6], tag
+        assert [e.value for e in scalars] == pytest.approx([s[tag]["mean"] for s in stats], rel=1e-6), tag
+    # the step-6 events are the retrained tick's (its wall time), not the purged ones
+    assert events.Scalars("Timing/train_sec")[2].wall_time == pytest.approx(stats[2]["timestamp"])
 
 
 def test_training_time_adds_up_across_resumes(runs, tmp_path):

@@ -262,7 +262,8 @@ class Trainer:
         self.loss = SphereHeadLoss(self.G, self.D, opts.loss_opts, fade_disabled=self.fade_disabled)
         self.data = self._data_iterator(num_workers)
         self.collector = Collector()
-        self.writer = StatsWriter(run_dir, tensorboard, log=print) if self.rank == 0 else None
+        self.writer = StatsWriter(run_dir, tensorboard, log=print, purge_after=self.cur_nimg if self.start == "state"
+                                  else None) if self.rank == 0 else None
         self.last_snapshot: Optional[str] = None
 
     # ----- start: fresh, resumed state, or fine-tune weights -----

@@ -71,7 +71,10 @@ def _json_number(x: float):
 class StatsWriter:
     """Rank 0's sink for per-tick stats: stats.jsonl (always) and TensorBoard (when installed)."""
 
-    def __init__(self, run_dir: str, tensorboard: bool = True, log=print):
+    def __init__(self, run_dir: str, tensorboard: bool = True, log=print, purge_after: Optional[int] = None):
+        """``purge_after``: the image count a resumed run continues from. TensorBoard then hides the
+        events an interrupted process logged after it (the ticks the run trains again), as
+        :func:`trim_stats` drops them from stats.jsonl."""
         self.path = os.path.join(run_dir, "stats.jsonl")
         # Opened for each line, not held: trim_stats replaces the file when a run resumes, and a handle
         # opened before that would keep writing into the replaced (deleted) file.
@@ -79,7 +82,7 @@ class StatsWriter:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(run_dir)
+                self._tb = SummaryWriter(run_dir, purge_step=None if purge_after is None else purge_after + 1)
             except ImportError:
                 log("TensorBoard scalars skipped: the 'tensorboard' package is not installed "
                     "(pip install tensorboard to get them); stats.jsonl has the same numbers.")
