@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from spherehead.camera import camera_yaw_pitch
-from training.metrics.dataset_nets import fit, heldout_split, load_or_train, load_parsed_set
+from training.metrics.dataset_nets import CellEncoder, fit, heldout_split, load_or_train, load_parsed_set
 from training.metrics.features import MetricError
 from training.metrics.fid import Renderer, dataset_labels, sample_cameras, yaw_bin_mask
 from spherehead.parsing import CLASS_INDEX
@@ -47,7 +47,7 @@ class DetectorOptions:
     seed: int = 0
 
 
-class FacePartDetector(torch.nn.Module):
+class FacePartDetector(CellEncoder):
     """Fully convolutional face-part segmenter: images [N, 3, H, W] (uint8, or float in [-1, 1]) ->
     logits [N, r/4, r/4] of "this cell is a face part", at detector resolution r.
 
@@ -56,23 +56,12 @@ class FacePartDetector(torch.nn.Module):
     """
 
     def __init__(self, resolution: int = 64, width: int = 32):
-        super().__init__()
-        self.resolution = resolution
-        self.convs = torch.nn.ModuleList([
-            torch.nn.Conv2d(3, width // 2, 3, stride=2, padding=1),
-            torch.nn.Conv2d(width // 2, width, 3, stride=2, padding=1),
-            torch.nn.Conv2d(width, width, 3, padding=2, dilation=2)])
-        self.out = torch.nn.Conv2d(width, 1, 1)
+        super().__init__(resolution, width, dilations=(2,), out_channels=1)
         # Set after training from the training images (see _calibrate); saved with the weights.
         self.register_buffer("threshold", torch.tensor(0.5))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
-        if x.shape[-1] != self.resolution:
-            x = F.interpolate(x, size=(self.resolution,) * 2, mode="bilinear", align_corners=False, antialias=True)
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.2)
-        return self.out(x)[:, 0]
+        return self.out(self.hidden(images))[:, 0]
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         """Expected number [N] of face-part cells in each image."""

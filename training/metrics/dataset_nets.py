@@ -46,6 +46,30 @@ def load_parsed_set(dataset, resolution: int, who: str):
     return torch.cat(images), parsing, torch.from_numpy(np.stack(labels)), np.array(groups)
 
 
+class CellEncoder(torch.nn.Module):
+    """The trunk both metric nets share: images [N, 3, H, W] (uint8, or float in [-1, 1]) resized to
+    ``resolution`` r, then 3×3 convs with leaky ReLU — two of stride 2 (3 -> width/2 -> width) and one at
+    ``width`` per entry of ``dilations`` — giving hidden maps [N, width, r/4, r/4]; a 1×1 conv ``out`` maps
+    them to ``out_channels`` cell logits. Subclasses keep these attribute names (their cached weights use them)."""
+
+    def __init__(self, resolution: int, width: int, dilations: Tuple[int, ...], out_channels: int):
+        super().__init__()
+        self.resolution = resolution
+        self.convs = torch.nn.ModuleList([torch.nn.Conv2d(3, width // 2, 3, stride=2, padding=1),
+                                          torch.nn.Conv2d(width // 2, width, 3, stride=2, padding=1)])
+        self.convs.extend(torch.nn.Conv2d(width, width, 3, padding=d, dilation=d) for d in dilations)
+        self.out = torch.nn.Conv2d(width, out_channels, 1)
+
+    def hidden(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.out.weight.device)
+        x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
+        if x.shape[-1] != self.resolution:
+            x = F.interpolate(x, size=(self.resolution,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.2)
+        return x
+
+
 def heldout_split(groups: np.ndarray, holdout: float, rng: np.random.RandomState) -> np.ndarray:
     """bool [N]: the images of a random ``holdout`` fraction of the heads (by group id). Whole heads are
     held out, so the accuracy report measures new heads, not new views of memorised ones."""

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from spherehead.parsing import FLIP_LUT, NUM_CLASSES
-from training.metrics.dataset_nets import fit, heldout_split, load_or_train, load_parsed_set
+from training.metrics.dataset_nets import CellEncoder, fit, heldout_split, load_or_train, load_parsed_set
 
 # Channel permutation of class maps under a horizontal mirror (l/r brows, eyes, ears swapped).
 MIRROR_CLASSES = torch.from_numpy(FLIP_LUT[:NUM_CLASSES].astype(np.int64))
@@ -46,7 +46,7 @@ class ParsingFeatureOptions:
     seed: int = 0
 
 
-class ParsingFeatureNet(torch.nn.Module):
+class ParsingFeatureNet(CellEncoder):
     """Images [N, 3, H, W] (uint8, or float in [-1, 1]) -> features float [N, width + 20] (``forward``), or
     class logits [N, 20, r/4, r/4] at net resolution r (``parse``).
 
@@ -58,32 +58,16 @@ class ParsingFeatureNet(torch.nn.Module):
     name = NAME   # what results record as "features"
 
     def __init__(self, resolution: int = 64, width: int = 64):
-        super().__init__()
-        self.resolution = resolution
-        self.convs = torch.nn.ModuleList([
-            torch.nn.Conv2d(3, width // 2, 3, stride=2, padding=1),
-            torch.nn.Conv2d(width // 2, width, 3, stride=2, padding=1),
-            torch.nn.Conv2d(width, width, 3, padding=2, dilation=2),
-            torch.nn.Conv2d(width, width, 3, padding=4, dilation=4)])
-        self.out = torch.nn.Conv2d(width, NUM_CLASSES, 1)
+        super().__init__(resolution, width, dilations=(2, 4), out_channels=NUM_CLASSES)
         self.report: Optional[Dict] = None   # held-out accuracy and cache key, set by the loader
-
-    def _hidden(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.out.weight.device)
-        x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
-        if x.shape[-1] != self.resolution:
-            x = F.interpolate(x, size=(self.resolution,) * 2, mode="bilinear", align_corners=False, antialias=True)
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.2)
-        return x
 
     def parse(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits [N, 20, r/4, r/4]."""
-        return self.out(self._hidden(images))
+        return self.out(self.hidden(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Features [N, width + 20]: mean hidden activation, then mean predicted class probabilities."""
-        h = self._hidden(images)
+        h = self.hidden(images)
         probs = torch.softmax(self.out(h), dim=1)
         return torch.cat([h.mean(dim=(2, 3)), probs.mean(dim=(2, 3))], dim=1)
 
