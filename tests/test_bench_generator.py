@@ -1,4 +1,5 @@
-"""tools/bench_generator.py: the library function and the CLI on the tiny preset (a few seconds on 2 cores)."""
+"""tools/bench_generator.py: the library function and the CLI on the tiny preset (a few seconds on 2 cores);
+tools/bench_ops.py's CLI on tiny shapes."""
 import json
 
 import pytest
@@ -65,6 +66,23 @@ def test_cli_prints_json_and_writes_out(tmp_path):
     assert printed["config"] == "tiny" and printed["median_s"] > 0
     assert json.loads(out.read_text())["times_s"] == printed["times_s"]
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # no temp file left behind
+
+
+def test_bench_ops_cli_prints_json_and_writes_out(tmp_path):
+    from tools.bench_ops import main as ops_main
+    out = tmp_path / "ops.json"
+    res = CliRunner().invoke(ops_main, ["--impl", "ref", "--op", "spherical_sample", "--batch", "1", "--rays", "8",
+                                        "--samples", "4", "--plane-res", "16", "--iters", "2", "--warmup", "1",
+                                        "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout)
+    assert printed["tool"] == "bench_ops" and "bias_act" not in printed
+    sample = printed["spherical_sample"]
+    assert sample["coords"] == [1, 64 * 4, 3] and sample["planes"][-2:] == [16, 16]
+    assert all(sample["ref"][k]["median_ms"] > 0 for k in ("forward", "forward_backward"))
+    assert json.loads(out.read_text()) == printed
+    res = CliRunner().invoke(ops_main, ["--out", str(tmp_path / "missing" / "ops.json")])
+    assert res.exit_code != 0 and "the folder does not exist" in res.output and "Traceback" not in res.output
 
 
 @pytest.mark.parametrize("args, message", [

@@ -312,6 +312,24 @@ def write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
     write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def check_out(out: Optional[str]) -> None:
+    """The benchmark CLIs' ``--out``: its folder must exist before minutes of timing are spent."""
+    if out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise click.ClickException(f"--out {out}: the folder does not exist")
+
+
+def run_and_report(bench, out: Optional[str], **kwargs) -> None:
+    """``bench(**kwargs)``'s result printed as JSON (and written to ``out``); its ValueErrors become
+    one-line CLI errors."""
+    try:
+        result = bench(**kwargs)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, indent=2))
+    if out is not None:
+        write_json_atomic(out, result)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 @click.command(context_settings={"show_default": True})
@@ -342,17 +360,10 @@ def main(config, network, device, batch, iters, warmup, neural_rendering_resolut
         raise click.ClickException("give either --config or --network, not both")
     if network is not None and not os.path.isfile(network):
         raise click.ClickException(f"--network {network}: no such file")
-    if out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-        raise click.ClickException(f"--out {out}: the folder does not exist")
-    try:
-        result = benchmark(config=config, network=network, device=device, batch=batch, iters=iters, warmup=warmup,
-                           neural_rendering_resolution=neural_rendering_resolution, dtype=dtype, mode=mode,
-                           threads=threads, impl=impl)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(json.dumps(result, indent=2))
-    if out is not None:
-        write_json_atomic(out, result)
+    check_out(out)
+    run_and_report(benchmark, out, config=config, network=network, device=device, batch=batch, iters=iters,
+                   warmup=warmup, neural_rendering_resolution=neural_rendering_resolution, dtype=dtype, mode=mode,
+                   threads=threads, impl=impl)
 
 
 if __name__ == "__main__":

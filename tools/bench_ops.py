@@ -19,7 +19,6 @@ saying why when the kernel is unavailable (always so on CPU).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -201,18 +200,11 @@ def main(device, dtype, batch, rays, samples, channels, plane_res, image_res, it
         raise click.ClickException(f"--device: cannot parse {device!r}") from None
     if dev.type not in ("cpu", "cuda"):
         raise click.ClickException(f"--device: only 'cpu' and 'cuda[:i]' are supported, got {device!r}")
-    if out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-        raise click.ClickException(f"--out {out}: the folder does not exist")
-    try:
-        result = benchmark(device=device, dtype=dtype, batch=batch, rays=rays, samples=samples, channels=channels,
-                           plane_res=plane_res, image_res=image_res, iters=iters, warmup=warmup, impl=impl,
-                           ops=tuple(ops), deterministic=deterministic)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(json.dumps(result, indent=2))
-    if out is not None:
-        from tools.bench_generator import write_json_atomic
-        write_json_atomic(out, result)
+    from tools.bench_generator import check_out, run_and_report
+    check_out(out)
+    run_and_report(benchmark, out, device=device, dtype=dtype, batch=batch, rays=rays, samples=samples,
+                   channels=channels, plane_res=plane_res, image_res=image_res, iters=iters, warmup=warmup, impl=impl,
+                   ops=tuple(ops), deterministic=deterministic)
 
 
 if __name__ == "__main__":
