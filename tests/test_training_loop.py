@@ -2,6 +2,7 @@
 interruption, two-process gloo data parallelism, and the train.py CLI's user errors."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -146,35 +147,40 @@ def test_resume_after_interruption_is_exact(runs):
     assert "Resuming" in (runs["B"] / "log.txt").read_text()
 
 
-def test_resume_after_ticks_past_the_last_state_keeps_every_stats_line(heads, tmp_path):
-    """The process dies after writing tick 2's stats line but before its state: the resumed run drops
-    that line (it trains the tick again) and writes it anew, with the same numbers, into stats.jsonl."""
-    _run_until_killed(tmp_path / "C", tiny_options(heads), state_tick=3, state_written=False)   # tick 2's
-    path = str(tmp_path / "C" / "stats.jsonl")
-    before = read_stats(path)
-    assert [round(s["Progress/kimg"]["mean"] * 1000) for s in before] == [2, 4, 6]
-    _run(tmp_path / "C", tiny_options(heads))
-    after = read_stats(path)
+@pytest.fixture(scope="module", params=[3, 1], ids=["resume", "scratch"])
+def past_state(request, heads, tmp_path_factory):
+    """The process dies after writing a tick's stats line but before that tick's state, and the same command
+    runs again: "resume" dies before tick 2's state (it continues from tick 1's), "scratch" before the first
+    state (tick 0's), so it starts over. TensorBoard events are written when the package is installed."""
+    run = tmp_path_factory.mktemp(f"past-state-{request.param}")
+    tb = importlib.util.find_spec("tensorboard") is not None
+    _run_until_killed(run, tiny_options(heads), state_tick=request.param, state_written=False, tensorboard=tb)
+    before = read_stats(str(run / "stats.jsonl"))
+    _run(run, tiny_options(heads), tensorboard=tb)
+    return {"run": run, "before": before, "after": read_stats(str(run / "stats.jsonl")),
+            "logged": {3: [2, 4, 6], 1: [2]}[request.param]}
+
+
+def test_resume_after_ticks_past_the_last_state_keeps_every_stats_line(past_state):
+    """The rerun drops the lines of the ticks after its state (it trains them again) and writes them anew,
+    with the same numbers, into stats.jsonl."""
+    before, after = past_state["before"], past_state["after"]
+    assert [round(s["Progress/kimg"]["mean"] * 1000) for s in before] == past_state["logged"]
     assert [round(s["Progress/kimg"]["mean"] * 1000) for s in after] == [2, 4, 6]
     losses = lambda line: {k: v["mean"] for k, v in line.items() if k.startswith("Loss/")}   # noqa: E731
-    assert [losses(line) for line in after] == [losses(line) for line in before]
-    assert after[2]["timestamp"] > before[2]["timestamp"]   # tick 2 as trained again
+    assert [losses(line) for line in after[:len(before)]] == [losses(line) for line in before]
+    assert after[len(before) - 1]["timestamp"] > before[-1]["timestamp"]   # the last logged tick, trained again
 
 
-def test_tensorboard_scalars_match_stats_after_a_resume(heads, tmp_path):
+def test_tensorboard_scalars_match_stats_after_a_resume(past_state):
     """TensorBoard gets every stats.jsonl mean at its image count; the ticks an interrupted process logged
-    after its last state are purged on resume, so each step appears once, with the retrained values."""
+    after its last state are purged on rerun, so each step appears once, with the retrained values."""
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    run = tmp_path / "tb"
-    _run_until_killed(run, tiny_options(heads), state_tick=3, state_written=False, tensorboard=True)
-    first = read_stats(str(run / "stats.jsonl"))
-    _run(run, tiny_options(heads), tensorboard=True)
+    run, stats = past_state["run"], past_state["after"]
     assert len(list(run.glob("events.out.tfevents.*"))) == 2   # one file per process
     events = EventAccumulator(str(run))
     events.Reload()
-    stats = read_stats(str(run / "stats.jsonl"))
-    assert stats[2]["timestamp"] > first[2]["timestamp"]
     for tag in LOSSES + ("Timing/train_sec",):
         scalars = events.Scalars(tag)
         assert [e.step for e in scalars] == [2, 4, 6], tag

@@ -37,7 +37,7 @@ from torch_utils import distributed as dist
 from training import resume as resume_io
 from training.dataset import HeadDataset
 from training.loss import LossOptions, SphereHeadLoss, schedule
-from training.training_stats import Collector, StatsWriter, format_time, peak_memory_gb, tee_log, trim_stats
+from training.training_stats import Collector, StatsWriter, format_time, peak_memory_gb, tee_log
 
 GRID_YAWS = (0.0, math.pi / 2, math.pi)   # image grids: front, side (camera on +x), back
 
@@ -262,8 +262,8 @@ class Trainer:
         self.loss = SphereHeadLoss(self.G, self.D, opts.loss_opts, fade_disabled=self.fade_disabled)
         self.data = self._data_iterator(num_workers)
         self.collector = Collector()
-        self.writer = StatsWriter(run_dir, tensorboard, log=print, purge_after=self.cur_nimg if self.start == "state"
-                                  else None) if self.rank == 0 else None
+        # Rank 0's stats sink; it drops what an interrupted process logged after the state we continue from.
+        self.writer = StatsWriter(run_dir, tensorboard, log=print, start_nimg=self.cur_nimg) if self.rank == 0 else None
         self.last_snapshot: Optional[str] = None
 
     # ----- start: fresh, resumed state, or fine-tune weights -----
@@ -393,7 +393,6 @@ class Trainer:
         o, total = self.opts, int(round(self.opts.total_kimg * 1000))
         if self.rank == 0:
             self._write_options()
-            trim_stats(self.writer.path, self.cur_nimg)   # drop ticks after the state we continue from
             if self.start != "state" and o.image_snapshot_ticks:
                 self._save_grid("fakes_init.png")
         if self.cur_nimg >= total:

@@ -71,18 +71,19 @@ def _json_number(x: float):
 class StatsWriter:
     """Rank 0's sink for per-tick stats: stats.jsonl (always) and TensorBoard (when installed)."""
 
-    def __init__(self, run_dir: str, tensorboard: bool = True, log=print, purge_after: Optional[int] = None):
-        """``purge_after``: the image count a resumed run continues from. TensorBoard then hides the
-        events an interrupted process logged after it (the ticks the run trains again), as
-        :func:`trim_stats` drops them from stats.jsonl."""
+    def __init__(self, run_dir: str, tensorboard: bool = True, log=print, start_nimg: int = 0):
+        """``start_nimg``: the images shown at the state this process starts from (0 for a new run). What an
+        earlier process logged after that (ticks this run trains again) is dropped: from stats.jsonl by
+        :func:`trim_stats`, and from TensorBoard's view by a purge step."""
         self.path = os.path.join(run_dir, "stats.jsonl")
-        # Opened for each line, not held: trim_stats replaces the file when a run resumes, and a handle
-        # opened before that would keep writing into the replaced (deleted) file.
+        # stats.jsonl is opened for each line, not held, so that no handle outlives a replacement of the
+        # file (trim_stats replaces it; a held handle would write into the deleted file).
+        trim_stats(self.path, start_nimg)
         self._tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(run_dir, purge_step=None if purge_after is None else purge_after + 1)
+                self._tb = SummaryWriter(run_dir, purge_step=start_nimg + 1)
             except ImportError:
                 log("TensorBoard scalars skipped: the 'tensorboard' package is not installed "
                     "(pip install tensorboard to get them); stats.jsonl has the same numbers.")
