@@ -351,6 +351,19 @@ def test_infinite_sampler_is_seeded_resumable_and_split():
     assert [x for pair in zip(r0, r1) for x in pair] == full[:12]
 
 
+@pytest.mark.parametrize("cfg, d_128px, d_32px, planes", [("demo-128", 2, 8, 32), ("demo-wide-128", 16, 64, 64)])
+def test_demo_presets_widths_and_asset_size(heads, cfg, d_128px, d_32px, planes):
+    """The demo presets' D widths (demo_model.md explains why the wide one exists) and that G_ema + D
+    of each fits the 20 MB budget of a bundled asset at float32."""
+    opts = make_training_options(cfg, heads)
+    G, D, _ = build_networks(opts, torch.ones(25).numpy(), torch.device("cpu"))
+    assert D.b128.fromrgb.weight.shape[:2] == (d_128px, 27)   # image, raw image, mask, 20 parsing classes
+    assert D.b32.conv0.weight.shape[0] == d_32px
+    assert G.rendering.triplane_size == planes and hasattr(G.backbone.synthesis, f"b{planes}")
+    size = 4 * sum(p.numel() for m in (G, D) for p in m.parameters())
+    assert size <= 20e6, f"{cfg}: {size / 1e6:.1f} MB"
+
+
 def test_ema_update(heads):
     opts = tiny_options(heads)
     G, _, G_ema = build_networks(opts, torch.ones(25).numpy(), torch.device("cpu"))

@@ -12,6 +12,13 @@ a ``train.py`` flag. The superresolution variants produce 128, 256 or 512 px ima
 * ``demo-128``: the bundled demo model (spherehead/assets, docs/demo_model.md) — the ``tiny-128``
   networks rendered at 32² with 12+12 samples per ray, and the blur, pose-conditioning and
   density-noise fades shortened to a few kimg so that a CPU run of tens of kimg gets past them.
+* ``demo-wide-128``: ``demo-128``'s rendering and schedule with a wider backbone and D (channel
+  base 2048, max 64) and 64² tri-planes. ``demo-128``'s D has 2 channels at 128 px for its 27
+  input channels (image, raw image, mask, parsing) and 8 at 32 px, and its tri-plane synthesis 8
+  channels at 32²; without ViCo that D sat at chance from 9 kimg on (docs/demo_model.md). Here D
+  has 16 channels at 128 px and 64 from 32 px down, the tri-plane synthesis 64 channels up to 32²
+  and 32 at 64². (The superresolution network's widths are fixed by the reference: 128 and 64.)
+  About 1.6× ``demo-128``'s seconds per kimg on CPU.
 """
 from __future__ import annotations
 
@@ -69,6 +76,9 @@ def _tiny_networks(depth_resolution: int):
     return G_kwargs, discriminator_kwargs(128, 256, 16, mbstd_group_size=2, num_fp16_res=0, seg_resolution=64)
 
 
+# Fades of a few kimg instead of hundreds, so that a CPU run of tens of kimg gets past them.
+_DEMO_FADES = dict(blur_fade_kimg=2.0, gpc_reg_fade_kimg=4.0, density_noise_fade_kimg=2.0)
+
 PRESETS: Dict[str, TrainingPreset] = {
     "released-512": TrainingPreset(
         "released-512", generator_kwargs(), discriminator_kwargs(), nrr=64, gpus=8, batch=32, batch_gpu=4,
@@ -86,8 +96,14 @@ PRESETS: Dict[str, TrainingPreset] = {
     "demo-128": TrainingPreset(
         "demo-128", *_tiny_networks(depth_resolution=12),
         nrr=32, gpus=1, batch=4, batch_gpu=4, kimg=100, tick=0.2, snap=5, img_snap=5, back_repeat=1,
-        mirror=True, workers=0,
-        loss_defaults=dict(blur_fade_kimg=2.0, gpc_reg_fade_kimg=4.0, density_noise_fade_kimg=2.0)),
+        mirror=True, workers=0, loss_defaults=_DEMO_FADES),
+    "demo-wide-128": TrainingPreset(
+        "demo-wide-128",
+        _small_latents(generator_kwargs(img_resolution=128, channel_base=2048, channel_max=64, triplane_size=64,
+                                        depth_resolution=12, sr_num_fp16_res=0), 64),
+        discriminator_kwargs(128, 2048, 64, mbstd_group_size=2, num_fp16_res=0, seg_resolution=64),
+        nrr=32, gpus=1, batch=4, batch_gpu=4, kimg=100, tick=0.2, snap=5, img_snap=5, back_repeat=1,
+        mirror=True, workers=0, loss_defaults=_DEMO_FADES),
 }
 
 
