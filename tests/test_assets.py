@@ -37,7 +37,7 @@ def test_demo_network_is_small_and_renders(demo):
     path = assets.bundled_path("demo")
     assert os.path.getsize(path) <= 20 * 2**20
     G = demo["G_ema"]
-    assert G.img_resolution == 128 and demo["metadata"]["cfg"] == "demo-128"
+    assert G.img_resolution == 128 and demo["metadata"]["cfg"] == "demo-wide-128"
     assert demo["metadata"]["cur_nimg"] > 0
     z = torch.from_numpy(__import__("numpy").random.RandomState(0).randn(2, G.z_dim)).float()
     c = torch.cat([camera.make_label(yaw=0.0), camera.make_label(yaw=3.1)])
