@@ -69,15 +69,22 @@ def _small_latents(G_kwargs: Dict[str, Any], dim: int) -> Dict[str, Any]:
     return G_kwargs
 
 
-def _tiny_networks(depth_resolution: int):
-    """(G_kwargs, D_kwargs) of the 16-channel, 64-d-latent networks that tiny-128 and demo-128 share."""
-    G_kwargs = _small_latents(generator_kwargs(img_resolution=128, channel_base=256, channel_max=16, triplane_size=32,
-                                               depth_resolution=depth_resolution, sr_num_fp16_res=0), 64)
-    return G_kwargs, discriminator_kwargs(128, 256, 16, mbstd_group_size=2, num_fp16_res=0, seg_resolution=64)
+def _cpu_networks(channel_base: int, channel_max: int, triplane_size: int, depth_resolution: int):
+    """(G_kwargs, D_kwargs) of the 128 px, 64-d-latent networks of the CPU presets (tiny-128, demo-128, demo-wide-128)."""
+    G_kwargs = _small_latents(generator_kwargs(img_resolution=128, channel_base=channel_base, channel_max=channel_max,
+                                               triplane_size=triplane_size, depth_resolution=depth_resolution,
+                                               sr_num_fp16_res=0), 64)
+    D_kwargs = discriminator_kwargs(128, channel_base, channel_max, mbstd_group_size=2, num_fp16_res=0, seg_resolution=64)
+    return G_kwargs, D_kwargs
 
 
-# Fades of a few kimg instead of hundreds, so that a CPU run of tens of kimg gets past them.
-_DEMO_FADES = dict(blur_fade_kimg=2.0, gpc_reg_fade_kimg=4.0, density_noise_fade_kimg=2.0)
+def _demo_preset(name: str, networks) -> TrainingPreset:
+    """The demo runs' schedule: 32² rendering, batch 4 on one CPU process, snapshots every kimg, and
+    fades of a few kimg instead of hundreds so that a CPU run of tens of kimg gets past them."""
+    return TrainingPreset(name, *networks, nrr=32, gpus=1, batch=4, batch_gpu=4, kimg=100, tick=0.2, snap=5,
+                          img_snap=5, back_repeat=1, mirror=True, workers=0,
+                          loss_defaults=dict(blur_fade_kimg=2.0, gpc_reg_fade_kimg=4.0, density_noise_fade_kimg=2.0))
+
 
 PRESETS: Dict[str, TrainingPreset] = {
     "released-512": TrainingPreset(
@@ -90,20 +97,11 @@ PRESETS: Dict[str, TrainingPreset] = {
         discriminator_kwargs(128, 16384, 256, mbstd_group_size=4, seg_resolution=128),
         nrr=64, gpus=1, batch=16, batch_gpu=8, kimg=5000, tick=4, snap=25, img_snap=25),
     "tiny-128": TrainingPreset(
-        "tiny-128", *_tiny_networks(depth_resolution=8),
+        "tiny-128", *_cpu_networks(256, 16, triplane_size=32, depth_resolution=8),
         nrr=16, gpus=1, batch=4, batch_gpu=4, kimg=1, tick=0.04, snap=5, img_snap=5, back_repeat=1,
         mirror=True, workers=1),
-    "demo-128": TrainingPreset(
-        "demo-128", *_tiny_networks(depth_resolution=12),
-        nrr=32, gpus=1, batch=4, batch_gpu=4, kimg=100, tick=0.2, snap=5, img_snap=5, back_repeat=1,
-        mirror=True, workers=0, loss_defaults=_DEMO_FADES),
-    "demo-wide-128": TrainingPreset(
-        "demo-wide-128",
-        _small_latents(generator_kwargs(img_resolution=128, channel_base=2048, channel_max=64, triplane_size=64,
-                                        depth_resolution=12, sr_num_fp16_res=0), 64),
-        discriminator_kwargs(128, 2048, 64, mbstd_group_size=2, num_fp16_res=0, seg_resolution=64),
-        nrr=32, gpus=1, batch=4, batch_gpu=4, kimg=100, tick=0.2, snap=5, img_snap=5, back_repeat=1,
-        mirror=True, workers=0, loss_defaults=_DEMO_FADES),
+    "demo-128": _demo_preset("demo-128", _cpu_networks(256, 16, triplane_size=32, depth_resolution=12)),
+    "demo-wide-128": _demo_preset("demo-wide-128", _cpu_networks(2048, 64, triplane_size=64, depth_resolution=12)),
 }
 
 
