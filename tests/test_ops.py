@@ -40,6 +40,45 @@ def test_upfirdn2d_impulse_response_is_flipped_filter():
     assert torch.allclose(y[0, 0, 1:4, 1:4], f)  # true convolution: impulse reproduces the filter
 
 
+def _upfirdn2d_by_definition(x, f, up, down, padding, flip_filter, gain):
+    """reference.md §2.4 literally, one output pixel at a time (float64)."""
+    x, f = x.double(), f.double() * gain
+    n, c, h, w = x.shape
+    fh, fw = f.shape
+    px0, px1, py0, py1 = padding
+    z = torch.zeros(n, c, h * up, w * up, dtype=torch.float64)
+    z[:, :, ::up, ::up] = x
+    taps = f if flip_filter else f.flip([0, 1])   # correlation taps
+    out_h, out_w = h * up + py0 + py1 - fh + 1, w * up + px0 + px1 - fw + 1
+    y = torch.zeros(n, c, out_h, out_w, dtype=torch.float64)
+    for oy in range(out_h):
+        for ox in range(out_w):
+            for ky in range(fh):
+                for kx in range(fw):
+                    zy, zx = oy + ky - py0, ox + kx - px0
+                    if 0 <= zy < h * up and 0 <= zx < w * up:
+                        y[:, :, oy, ox] += taps[ky, kx] * z[:, :, zy, zx]
+    return y[:, :, ::down, ::down]
+
+
+@pytest.mark.parametrize("up,down,padding,flip_filter,fshape", [
+    (1, 1, (1, 2, 0, 1), False, (3, 2)), (2, 1, (2, 1, 2, 1), False, (4, 4)), (2, 1, (0, 0, -1, 3), True, (3, 4)),
+    (3, 1, (4, -2, 1, 1), False, (5, 3)), (1, 2, (1, 1, 2, 1), False, (4, 4)), (1, 3, (-1, 2, 0, 0), True, (2, 3)),
+    (2, 2, (1, 2, 0, 1), False, (4, 2)), (2, 1, (5, 5, 4, 6), False, (2, 2))])
+def test_upfirdn2d_reference_matches_definition(up, down, padding, flip_filter, fshape):
+    """The reference path (transposed/strided convolutions) equals the loop over the definition,
+    borders, negative padding, non-square filters and flip_filter included; so do its gradients."""
+    torch.manual_seed(up * 10 + down)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    f = torch.randn(*fshape, dtype=torch.float64)
+    y = upfirdn2d(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=1.7, impl="ref")
+    want = _upfirdn2d_by_definition(x.detach(), f, up, down, padding, flip_filter, 1.7)
+    assert y.shape == want.shape
+    assert torch.allclose(y, want, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda t: upfirdn2d(t, f, up=up, down=down, padding=padding, flip_filter=flip_filter, impl="ref"), (x,))
+
+
 def test_bias_act_lrelu_gain_and_clamp():
     x = torch.tensor([[-1.0, 2.0]]).reshape(1, 2, 1, 1)
     b = torch.tensor([0.5, 0.0])
