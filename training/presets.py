@@ -9,16 +9,18 @@ a ``train.py`` flag. The superresolution variants produce 128, 256 or 512 px ima
 * ``tiny-128``: for tests and CPU smoke runs — 128 px output from a 16² neural rendering with
   8+8 samples per ray, 16-channel convolutions and 64-d latents; a few seconds per iteration
   on two CPU cores.
-* ``demo-128``: the bundled demo model (spherehead/assets, docs/demo_model.md) — the ``tiny-128``
+* ``demo-128``: the demo model bundled until 2026-11-23 (docs/demo_model.md) — the ``tiny-128``
   networks rendered at 32² with 12+12 samples per ray, and the blur, pose-conditioning and
   density-noise fades shortened to a few kimg so that a CPU run of tens of kimg gets past them.
 * ``demo-wide-128``: ``demo-128``'s rendering and schedule with a wider backbone and D (channel
   base 2048, max 64) and 64² tri-planes. ``demo-128``'s D has 2 channels at 128 px for its 27
   input channels (image, raw image, mask, parsing) and 8 at 32 px, and its tri-plane synthesis 8
-  channels at 32²; without ViCo that D sat at chance from 9 kimg on (docs/demo_model.md). Here D
+  channels at 32²; without ViCo that D sat at chance from 9 kimg on. Here D
   has 16 channels at 128 px and 64 from 32 px down, the tri-plane synthesis 64 channels up to 32²
   and 32 at 64². (The superresolution network's widths are fixed by the reference: 128 and 64.)
   About 1.6× ``demo-128``'s seconds per kimg on CPU.
+  The bundled demo model (spherehead/assets). Its D without ViCo went to chance too (from about
+  6 kimg), though trained alone it still separates fakes from reals: docs/demo_model.md.
 """
 from __future__ import annotations
 
