@@ -226,6 +226,34 @@ def test_fine_tune_start_from_a_checkpoint(runs, heads, tmp_path):
     assert "Fine-tune start: G <- " in log and "Fine-tune start: D <- " in log
 
 
+def test_resume_latest_refuses_changed_options(runs, heads, tmp_path):
+    """A resume state restores the optimisers' rates, so continuing it under another --lr-g or loss
+    weight would train with the old rate under the new record: refused, naming each changed option,
+    before the folder changes; through train.py, one clear error line."""
+    import shutil
+    run = tmp_path / "A"
+    shutil.copytree(runs["A"], run)
+    files = lambda: {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "log.txt"}
+    before = files()
+    with pytest.raises(resume_io.ResumeError,
+                       match=r"G_lr: run 0\.0025, now 0\.001; loss_opts\.r1_gamma: run 1\.0, now 0\.5"):
+        _run(run, tiny_options(heads, kimg=0.008, lr_g=0.001, r1_gamma=0.5))
+    assert files() == before
+    result = _cli(["--run-dir", str(run), "--data", heads, "--cfg", "tiny-128", "--batch", "2", "--batch-gpu", "2",
+                   "--kimg", "0.008", "--tick", "0.002", "--snap", "1", "--img-snap", "100", "--no-mirror",
+                   "--workers", "0", "--device", "cpu", "--resume", "latest", "--lr-d", "0.004"])
+    assert_user_error(result, "training_options.json", "D_lr: run 0.002, now 0.004", "--resume <its snapshot>")
+    assert files() == before
+    # What may change in a continuation: its length, the metrics, where the data is mounted, and
+    # options the run's file predates (it ran with their defaults).
+    opts = tiny_options(heads).to_dict()
+    opts.update(total_kimg=9.0, metrics=["fid"], metrics_num_gen=50, resume=None, launch={"world_size": 8})
+    opts["dataset_kwargs"]["path"] = "/scratch/elsewhere/heads.zip"
+    opts["loss_opts"]["an_option_added_later"] = 1
+    assert resume_io.changed_options(str(run), opts) == []
+    assert resume_io.changed_options(str(tmp_path / "nothing-here"), opts) == []
+
+
 def test_two_process_gloo_run_keeps_ranks_identical(heads, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

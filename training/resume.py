@@ -6,6 +6,9 @@ is rerun.
   ``total_kimg`` (a run is extended by rerunning it with a larger ``--kimg``), ``resume`` (a crashed
   run or fine-tune is continued by rerunning it with ``--resume latest``) and ``launch`` (processes and
   device may change); otherwise it creates the next id.
+* ``--resume latest`` in a folder whose ``training_options.json`` differs from the new options in
+  anything else (learning rates, loss weights, batch, ...) is refused by :func:`changed_options`:
+  the resume state would restore the old optimiser settings under the new file's record.
 * A **resume state** ``resume-state-{kimg:06d}.pt`` is one self-contained file: the state dicts of G,
   G_ema and D, both optimisers, the counters, the loss-schedule switch, every rank's RNG states and
   the data position. It is written atomically (temp file in the run folder, fsync, ``os.replace``),
@@ -67,6 +70,36 @@ def matching_run_dir(outdir: str, options: Dict[str, Any]) -> Optional[str]:
         except (OSError, ValueError):
             continue
     return max(found)[1] if found else None
+
+
+def _flat(options: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in options.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changed_options(run_dir: str, options: Dict[str, Any]) -> List[str]:
+    """'name: run A, now B' for each option that differs from ``run_dir``'s training_options.json,
+    apart from UNMATCHED_OPTIONS and the dataset's path (the same data may be mounted elsewhere);
+    empty when the folder has no such file. Options only one side has are not compared (a run
+    written before an option existed ran with its default). A resume state restores the optimisers'
+    learning rates and the schedules' counters, so continuing it under changed options would
+    silently mix the two (the state's rates under the new file's record)."""
+    path = os.path.join(run_dir, OPTIONS_FILE)
+    if not os.path.isfile(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            before = _flat(_comparable(json.load(f)))
+    except (OSError, ValueError) as e:
+        raise ResumeError(f"{path}: cannot be read as JSON ({e})") from None
+    now = _flat(_comparable(json.loads(json.dumps(options))))
+    return [f"{k}: run {json.dumps(before[k])}, now {json.dumps(now[k])}"
+            for k in sorted(set(before) & set(now)) if before[k] != now[k] and k != "dataset_kwargs.path"]
 
 
 def new_run_dir(outdir: str, desc: str) -> str:

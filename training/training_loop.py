@@ -272,6 +272,13 @@ class Trainer:
         o = self.opts
         if o.resume == "latest":
             state = resume_io.latest_state(self.run_dir) if self.rank == 0 else None
+            changed = resume_io.changed_options(self.run_dir, o.to_dict()) if state and self.rank == 0 else None
+            changed = dist.broadcast_object(changed)
+            if changed:
+                raise resume_io.ResumeError(
+                    f"{os.path.join(self.run_dir, resume_io.OPTIONS_FILE)}: --resume latest continues this run "
+                    f"exactly, but the command differs from the run's options in {'; '.join(changed)}. Rerun "
+                    f"the run's own command, or fine-tune in a new run folder with --resume <its snapshot>.")
             path = dist.broadcast_object(state["path"] if state else None)
             if path is None:
                 dist.print0(f"No resume state in {self.run_dir}: starting from scratch.")
