@@ -36,6 +36,8 @@ STATE_PATTERN = re.compile(r"resume-state-(\d{6,})\.pt")
 OPTIONS_FILE = "training_options.json"
 # May differ in a rerun that continues the run (the metrics do not change the training).
 UNMATCHED_OPTIONS = ("total_kimg", "resume", "launch", "metrics", "metrics_num_gen", "metrics_features", "metrics_data")
+# May also differ when --resume latest continues a given run folder (the same data mounted elsewhere).
+UNCHECKED_ON_RESUME = ("dataset_kwargs.path",)
 
 
 class ResumeError(ValueError):
@@ -50,23 +52,29 @@ def _run_id(name: str) -> Optional[int]:
 
 
 def _comparable(options: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in options.items() if k not in UNMATCHED_OPTIONS}
+    """``options`` as its JSON file holds them (tuples -> lists), without UNMATCHED_OPTIONS."""
+    return {k: v for k, v in json.loads(json.dumps(options)).items() if k not in UNMATCHED_OPTIONS}
+
+
+def _stored_options(run_dir: str) -> Dict[str, Any]:
+    """:func:`_comparable` of ``run_dir``'s training_options.json (OSError / ValueError propagate)."""
+    with open(os.path.join(run_dir, OPTIONS_FILE), encoding="utf-8") as f:
+        return _comparable(json.load(f))
 
 
 def matching_run_dir(outdir: str, options: Dict[str, Any]) -> Optional[str]:
     """Newest ``{id}-*`` folder of ``outdir`` whose training_options.json matches ``options``."""
     if not os.path.isdir(outdir):
         return None
-    want = _comparable(json.loads(json.dumps(options)))   # JSON round trip: tuples -> lists
+    want = _comparable(options)
     found = []
     for name in os.listdir(outdir):
         run_id, path = _run_id(name), os.path.join(outdir, name)
         if run_id is None or not os.path.isfile(os.path.join(path, OPTIONS_FILE)):
             continue
         try:
-            with open(os.path.join(path, OPTIONS_FILE), encoding="utf-8") as f:
-                if _comparable(json.load(f)) == want:
-                    found.append((run_id, path))
+            if _stored_options(path) == want:
+                found.append((run_id, path))
         except (OSError, ValueError):
             continue
     return max(found)[1] if found else None
@@ -93,13 +101,12 @@ def changed_options(run_dir: str, options: Dict[str, Any]) -> List[str]:
     if not os.path.isfile(path):
         return []
     try:
-        with open(path, encoding="utf-8") as f:
-            before = _flat(_comparable(json.load(f)))
+        before = _flat(_stored_options(run_dir))
     except (OSError, ValueError) as e:
         raise ResumeError(f"{path}: cannot be read as JSON ({e})") from None
-    now = _flat(_comparable(json.loads(json.dumps(options))))
+    now = _flat(_comparable(options))
     return [f"{k}: run {json.dumps(before[k])}, now {json.dumps(now[k])}"
-            for k in sorted(set(before) & set(now)) if before[k] != now[k] and k != "dataset_kwargs.path"]
+            for k in sorted(set(before) & set(now)) if before[k] != now[k] and k not in UNCHECKED_ON_RESUME]
 
 
 def new_run_dir(outdir: str, desc: str) -> str:
