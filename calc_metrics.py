@@ -32,6 +32,7 @@ except ImportError:  # run from a checkout without installing: make the package 
 import click
 
 from spherehead.generation import load_generator, resolve_device, user_errors
+from torch_utils.allocator import retain_freed_memory
 
 
 def network_files(specs: Sequence[str]) -> List[str]:
@@ -118,4 +119,5 @@ def main(networks, data, metric_names, num_gen, features, inception, feature_ste
 
 
 if __name__ == "__main__":
+    retain_freed_memory()   # the process is ours: torch_utils/allocator.py
     main()

@@ -22,6 +22,7 @@ from spherehead.camera import FOCAL_HEAD
 from spherehead.generation import (DEFAULT_VIEWS, SAMPLE_PITCH_DEG, FloatList, SampleOptions, SeedRange,
                                    check_outdir, generate_samples, load_generator, make_shape_options,
                                    resolve_device, resolve_focal, shape_options, user_errors)
+from torch_utils.allocator import retain_freed_memory
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -66,4 +67,5 @@ def main(network, seeds, fov, focal, device, outdir, quiet, shapes, shape_res, s
 
 
 if __name__ == "__main__":
+    retain_freed_memory()   # the process is ours: torch_utils/allocator.py
     main()

@@ -25,6 +25,7 @@ from spherehead.generation import (GridSize, SeedRange, load_generator, make_sha
                                    resolve_device, resolve_focal, shape_options, user_errors)
 from spherehead.video import (MODES, PITCH_AMPLITUDE_DEG, PITCH_OFFSET_DEG, VideoOptions, output_kind,
                               render_video)
+from torch_utils.allocator import retain_freed_memory
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -76,4 +77,5 @@ def main(network, output, fov, focal, device, quiet, shapes, shape_res, shape_le
 
 
 if __name__ == "__main__":
+    retain_freed_memory()   # the process is ours: torch_utils/allocator.py
     main()

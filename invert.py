@@ -21,6 +21,7 @@ import click
 
 from spherehead.generation import check_outdir, load_generator, resolve_device, user_errors
 from spherehead.inversion import InversionOptions, run_inversion
+from torch_utils.allocator import retain_freed_memory
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -75,4 +76,5 @@ def main(network, images, landmark_files, face_index, outdir, steps, pti_steps, 
 
 
 if __name__ == "__main__":
+    retain_freed_memory()   # the process is ours: torch_utils/allocator.py
     main()

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 try:
     import training  # noqa: F401 (only checks that the packages import)
@@ -24,10 +25,12 @@ import click
 
 from spherehead.errors import CheckpointError
 from torch_utils import distributed as dist
+from torch_utils.allocator import retain_freed_memory
 from training.dataset_io import DatasetError
 from training.metrics import MetricError
 from training.presets import get_preset, make_training_options, preset_names
 from training.resume import ResumeError, find_run_dir
+from training.stop_signals import exit_status
 from training.training_loop import open_dataset, training_loop
 
 
@@ -156,14 +159,17 @@ def main(cfg, data, device, dry_run, workers, run_dir, outdir, gpus, resume, **o
     except RuntimeError as e:
         raise click.ClickException(str(e)) from None
     try:
-        _train(cfg, data, device, dry_run, workers, run_dir, outdir, gpus, resume, overrides)
+        stopped_by = _train(cfg, data, device, dry_run, workers, run_dir, outdir, gpus, resume, overrides)
     except BaseException:
         dist.shutdown(wait=False)   # the other ranks may never reach a barrier now
         raise
     dist.shutdown()
+    if stopped_by:   # a stop signal: the state is written; exit as the signal would have (docs/training.md)
+        sys.exit(exit_status(stopped_by))
 
 
-def _train(cfg, data, device, dry_run, workers, run_dir, outdir, gpus, resume, overrides):
+def _train(cfg, data, device, dry_run, workers, run_dir, outdir, gpus, resume, overrides) -> Optional[str]:
+    """Runs the command; returns the name of the signal that stopped the run early, if one did."""
     try:
         opts, run_dir, (ds_name, ds_len) = _prepare(cfg, data, run_dir, outdir, gpus, resume, **overrides)
     except (ValueError, CheckpointError) as e:   # DatasetError is a ValueError
@@ -172,12 +178,15 @@ def _train(cfg, data, device, dry_run, workers, run_dir, outdir, gpus, resume, o
         dist.print0(json.dumps(opts.to_dict(), indent=2))
         dist.print0(f"Run folder: {run_dir}\nDataset: {ds_name}, {ds_len} items; "
                     f"{dist.get_world_size()} process(es) on {device}.")
-        return
+        return None
     try:
-        training_loop(run_dir, opts, device=device, num_workers=get_preset(cfg).workers if workers is None else workers)
+        summary = training_loop(run_dir, opts, device=device,
+                                num_workers=get_preset(cfg).workers if workers is None else workers)
     except (DatasetError, CheckpointError, ResumeError, MetricError) as e:
         raise click.ClickException(" ".join(str(e).split())) from None
+    return summary["stopped_by"]
 
 
 if __name__ == "__main__":
+    retain_freed_memory()   # the process is ours: torch_utils/allocator.py
     main()

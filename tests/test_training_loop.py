@@ -226,18 +226,20 @@ def test_fine_tune_start_from_a_checkpoint(runs, heads, tmp_path):
     assert "Fine-tune start: G <- " in log and "Fine-tune start: D <- " in log
 
 
-def test_resume_latest_refuses_changed_options(runs, heads, tmp_path):
+def test_resume_latest_refuses_changed_options(runs, heads, tmp_path, monkeypatch):
     """A resume state restores the optimisers' rates, so continuing it under another --lr-g or loss
     weight would train with the old rate under the new record: refused, naming each changed option,
-    before the folder changes; through train.py, one clear error line."""
+    before the folder changes and before a state is loaded; through train.py, one clear error line."""
     import shutil
     run = tmp_path / "A"
     shutil.copytree(runs["A"], run)
     files = lambda: {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "log.txt"}
     before = files()
-    with pytest.raises(resume_io.ResumeError,
-                       match=r"G_lr: run 0\.0025, now 0\.001; loss_opts\.r1_gamma: run 1\.0, now 0\.5"):
-        _run(run, tiny_options(heads, kimg=0.008, lr_g=0.001, r1_gamma=0.5))
+    with monkeypatch.context() as m:
+        m.setattr(resume_io, "load_state", lambda path: pytest.fail(f"loaded {path} before refusing"))
+        with pytest.raises(resume_io.ResumeError,
+                           match=r"G_lr: run 0\.0025, now 0\.001; loss_opts\.r1_gamma: run 1\.0, now 0\.5"):
+            _run(run, tiny_options(heads, kimg=0.008, lr_g=0.001, r1_gamma=0.5))
     assert files() == before
     result = _cli(["--run-dir", str(run), "--data", heads, "--cfg", "tiny-128", "--batch", "2", "--batch-gpu", "2",
                    "--kimg", "0.008", "--tick", "0.002", "--snap", "1", "--img-snap", "100", "--no-mirror",

@@ -37,6 +37,7 @@ from torch_utils import distributed as dist
 from training import resume as resume_io
 from training.dataset import HeadDataset
 from training.loss import LossOptions, SphereHeadLoss, schedule
+from training.stop_signals import StopRequest, ignore_in_worker
 from training.training_stats import Collector, StatsWriter, format_time, peak_memory_gb, tee_log
 
 GRID_YAWS = (0.0, math.pi / 2, math.pi)   # image grids: front, side (camera on +x), back
@@ -254,6 +255,8 @@ class Trainer:
         self.phases = make_phases(self.G, self.D, opts)
         self.optimizers = {"G": self.phases[0].opt, "D": self.phases[-1].opt}
         self.cur_nimg = self.cur_tick = self.batch_idx = 0
+        self.tick_start_nimg, self.tick_sec_before = 0, 0.0   # a state written mid-tick continues its tick
+        self.stop = StopRequest()
         self.fade_disabled = False
         self.train_sec_before = 0.0   # wall time of the run before this process, from the resume state
         self.start = self._resume()
@@ -271,14 +274,15 @@ class Trainer:
         """'scratch', 'state' (exact continuation) or 'weights' (fine-tune start, counters at 0)."""
         o = self.opts
         if o.resume == "latest":
-            state = resume_io.latest_state(self.run_dir) if self.rank == 0 else None
-            changed = resume_io.changed_options(self.run_dir, o.to_dict()) if state and self.rank == 0 else None
-            changed = dist.broadcast_object(changed)
+            # The options first: refusing should not cost a load of the state.
+            has_states = self.rank == 0 and bool(resume_io.state_files(self.run_dir))
+            changed = dist.broadcast_object(resume_io.changed_options(self.run_dir, o.to_dict()) if has_states else None)
             if changed:
                 raise resume_io.ResumeError(
                     f"{os.path.join(self.run_dir, resume_io.OPTIONS_FILE)}: --resume latest continues this run "
                     f"exactly, but the command differs from the run's options in {'; '.join(changed)}. Rerun "
                     f"the run's own command, or fine-tune in a new run folder with --resume <its snapshot>.")
+            state = resume_io.latest_state(self.run_dir) if self.rank == 0 else None
             path = dist.broadcast_object(state["path"] if state else None)
             if path is None:
                 dist.print0(f"No resume state in {self.run_dir}: starting from scratch.")
@@ -311,6 +315,8 @@ class Trainer:
         self.cur_nimg, self.cur_tick, self.batch_idx = state["cur_nimg"], state["cur_tick"], state["batch_idx"]
         self.fade_disabled = bool(state["fade_disabled"])
         self.train_sec_before = float(state["train_sec"]) if "train_sec" in state else self._train_sec_from_stats()
+        self.tick_start_nimg = state.get("tick_start_nimg", self.cur_nimg)
+        self.tick_sec_before = float(state.get("tick_sec", 0.0))
         self.G.neural_rendering_resolution = self.G_ema.neural_rendering_resolution = \
             state["neural_rendering_resolution"]
         if len(state["rng"]) == self.world:
@@ -340,6 +346,7 @@ class Trainer:
                                   start=self.batch_idx * per_rank)
         loader = torch.utils.data.DataLoader(self.dataset, sampler=sampler, batch_size=self.opts.batch_gpu,
                                              num_workers=num_workers, pin_memory=self.device.type == "cuda",
+                                             worker_init_fn=ignore_in_worker if num_workers > 0 else None,
                                              prefetch_factor=2 if num_workers > 0 else None)
         return iter(loader)
 
@@ -407,8 +414,9 @@ class Trainer:
             return self._summary()
         dist.print0(f"Training for {o.total_kimg:g} kimg on {self.world} process(es), batch {o.batch} "
                     f"({o.batch_gpu} per round), starting at {self.cur_nimg} images.")
-        self.tick_start_nimg, self.tick_start_time, self.start_time = self.cur_nimg, time.time(), time.time()
-        self.maintenance = 0.0
+        self.start_time = time.time()
+        self.tick_start_time, self.maintenance = self.start_time - self.tick_sec_before, 0.0
+        self.stop.install()
         while True:
             self._step()
             done = self.cur_nimg >= total
@@ -416,6 +424,18 @@ class Trainer:
                 self._end_tick(done)
             if done:
                 return self._summary()
+            if dist.any_rank(self.stop.signal_name is not None):
+                return self._stop_early()
+
+    def _stop_early(self) -> Dict[str, Any]:
+        """After a stop signal (training/stop_signals.py, on any rank): a resume state of this very
+        iteration, so that ``--resume latest`` loses nothing; no snapshot, grid or metrics (a scheduler's
+        grace period is short), and the tick's losses so far are not logged."""
+        name = next(n for n in dist.all_gather_object(self.stop.signal_name) if n)
+        path = self._save_state(mid_tick=True)
+        dist.print0(f"{name}: stopped after iteration {self.batch_idx} ({self.cur_nimg / 1e3:.3f} kimg) with "
+                    f"resume state {path}; rerun the same command with --resume latest to continue from there.")
+        return dict(self._summary(), stopped_by=name)
 
     def _end_tick(self, done: bool) -> None:
         o, now = self.opts, time.time()
@@ -453,27 +473,40 @@ class Trainer:
         write_png(os.path.join(self.run_dir, name), image_grid(self.G_ema, self.opts.image_grid_seeds, self.device))
 
     def _save_snapshot(self) -> None:
-        """Network snapshot (safetensors, for users) and resume state (everything to continue exactly),
-        both by rank 0, both atomic; every rank first checks that the ranks still agree."""
+        """Network snapshot (safetensors, for users) and resume state, both by rank 0, both atomic."""
         import spherehead
-        digests = dist.check_consistency({"G": self.G, "D": self.D, "G_ema": self.G_ema})
-        rngs = dist.all_gather_object(resume_io.rng_state())
         if self.rank == 0:
             path = os.path.join(self.run_dir, f"network-snapshot-{self.cur_nimg // 1000:06d}.safetensors")
             spherehead.save_network(path, G_ema=self.G_ema, D=self.D, G=self.G, metadata=self._metadata())
+            self.last_snapshot = path
+        self._save_state(mid_tick=False)
+
+    def _save_state(self, mid_tick: bool) -> Optional[str]:
+        """The resume state (everything to continue exactly; rank 0 writes, returns its path); every
+        rank first checks that the ranks still agree. At a tick's end it starts the next tick; mid-tick
+        (a stop signal) it records how far the tick had got, so that the resumed tick ends where it would have."""
+        digests = dist.check_consistency({"G": self.G, "D": self.D, "G_ema": self.G_ema})
+        rngs = dist.all_gather_object(resume_io.rng_state())
+        path = None
+        if self.rank == 0:
+            now = time.time()
             state = {name: {k: v.detach().cpu() for k, v in getattr(self, name).state_dict().items()}
                      for name in ("G", "D", "G_ema")}
             state.update(optimizers={k: opt.state_dict() for k, opt in self.optimizers.items()},
-                         cur_nimg=self.cur_nimg, cur_tick=self.cur_tick + 1, batch_idx=self.batch_idx,
+                         cur_nimg=self.cur_nimg, cur_tick=self.cur_tick + (0 if mid_tick else 1),
+                         tick_start_nimg=self.tick_start_nimg if mid_tick else self.cur_nimg,
+                         tick_sec=now - self.tick_start_time if mid_tick else 0.0,
+                         batch_idx=self.batch_idx,
                          data_position=self.batch_idx * self.opts.batch, fade_disabled=self.fade_disabled,
                          neural_rendering_resolution=int(self.G.neural_rendering_resolution), rng=rngs,
-                         world_size=self.world, digests=digests, snapshot=os.path.basename(path),
-                         train_sec=self._train_sec(time.time()),
-                         options=self.opts.to_dict())
-            resume_io.save_state(resume_io.state_path(self.run_dir, self.cur_nimg), state)
+                         world_size=self.world, digests=digests,
+                         snapshot=os.path.basename(self.last_snapshot) if self.last_snapshot else None,
+                         train_sec=self._train_sec(now), options=self.opts.to_dict())
+            path = resume_io.state_path(self.run_dir, self.cur_nimg)
+            resume_io.save_state(path, state)
             resume_io.prune_states(self.run_dir, self.opts.keep_resume_states)
-            self.last_snapshot = path
         dist.barrier()
+        return path
 
     def _metric_runner(self):
         """Rank 0's MetricRunner, built at the start so that a missing feature network or a dataset
@@ -517,9 +550,10 @@ class Trainer:
 
     def _summary(self) -> Dict[str, Any]:
         return {"cur_nimg": self.cur_nimg, "cur_tick": self.cur_tick, "batch_idx": self.batch_idx,
-                "snapshot": self.last_snapshot}
+                "snapshot": self.last_snapshot, "stopped_by": None}
 
     def close(self) -> None:
+        self.stop.restore()
         self.data = None   # stops DataLoader workers
         if self.writer is not None:
             self.writer.close()
