@@ -29,7 +29,7 @@ from torch_utils.allocator import retain_freed_memory
 from training.dataset_io import DatasetError
 from training.metrics import MetricError
 from training.presets import get_preset, make_training_options, preset_names
-from training.resume import ResumeError, find_run_dir
+from training.resume import DivergedError, ResumeError, find_run_dir
 from training.stop_signals import exit_status
 from training.training_loop import open_dataset, training_loop
 
@@ -182,8 +182,13 @@ def _train(cfg, data, device, dry_run, workers, run_dir, outdir, gpus, resume, o
     try:
         summary = training_loop(run_dir, opts, device=device,
                                 num_workers=get_preset(cfg).workers if workers is None else workers)
-    except (DatasetError, CheckpointError, ResumeError, MetricError) as e:
+    except (DatasetError, CheckpointError, ResumeError, MetricError, DivergedError) as e:
         raise click.ClickException(" ".join(str(e).split())) from None
+    except OSError as e:   # a full disk, a lost mount, a read-only folder
+        raise click.ClickException(
+            f"{e.filename or run_dir}: {e.strerror or e}. The run stopped; every file already in {run_dir} is "
+            f"complete (each write is atomic), so once this is fixed the same command with --resume latest "
+            f"continues from its newest resume state.") from None
     return summary["stopped_by"]
 
 

@@ -256,6 +256,52 @@ def test_resume_latest_refuses_changed_options(runs, heads, tmp_path, monkeypatc
     assert resume_io.changed_options(str(tmp_path / "nothing-here"), opts) == []
 
 
+def test_diverged_weights_are_never_written(heads, tmp_path, monkeypatch):
+    """NaN in D after iteration 2: train.py stops with one error line naming the tensor and the last good
+    state, and writes neither snapshot nor state of the diverged weights (only the newest states are
+    kept, so writing them would soon delete the good ones)."""
+    step = Trainer._step
+
+    def step_then_diverge(self):
+        step(self)
+        if self.batch_idx == 2:
+            with torch.no_grad():
+                self.D.b4.out.weight.fill_(float("nan"))
+
+    monkeypatch.setattr(Trainer, "_step", step_then_diverge)
+    run = tmp_path / "run"
+    result = _cli(["--run-dir", str(run), "--data", heads, "--cfg", "tiny-128", "--batch", "2", "--batch-gpu", "2",
+                   "--kimg", "0.006", "--tick", "0.002", "--snap", "1", "--img-snap", "100", "--no-mirror",
+                   "--workers", "0", "--device", "cpu"])
+    assert_user_error(result, "after iteration 2 (0.004 kimg)", "NaN or Inf (D.b4.out.weight)",
+                      "resume-state-000000.pt", "--resume <snapshot>")
+    assert resume_io.latest_state(str(run))["cur_nimg"] == 2   # tick 0's state is still the newest
+    snapshot = spherehead.load_network(str(run / "network-snapshot-000000.safetensors"))
+    assert snapshot["metadata"]["cur_nimg"] == 2
+    assert all(torch.isfinite(p).all() for p in snapshot["D"].parameters())
+
+
+def test_write_error_is_one_clear_line(heads, tmp_path, monkeypatch):
+    """A full disk while writing the first resume state: one error line naming the run folder and the
+    cause, no traceback, and no partial file left behind."""
+    import errno
+    from spherehead.fileio import atomic_path
+
+    def full_disk(path, state):
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"half a state")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))   # as f.write raises it: no file name
+
+    monkeypatch.setattr(resume_io, "save_state", full_disk)
+    run = tmp_path / "run"
+    result = _cli(["--run-dir", str(run), "--data", heads, "--cfg", "tiny-128", "--batch", "2", "--batch-gpu", "2",
+                   "--kimg", "0.004", "--tick", "0.002", "--snap", "1", "--img-snap", "100", "--no-mirror",
+                   "--workers", "0", "--device", "cpu"])
+    assert_user_error(result, f"{run}: No space left on device", "--resume latest")
+    assert not [p for p in os.listdir(run) if "resume-state" in p]
+
+
 def test_two_process_gloo_run_keeps_ranks_identical(heads, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

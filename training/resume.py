@@ -44,6 +44,10 @@ class ResumeError(ValueError):
     """A run folder or resume state cannot be used; the message names the file."""
 
 
+class DivergedError(RuntimeError):
+    """The weights hold NaN or Inf; the run stopped without writing them (the message names them)."""
+
+
 # ------------------------------------------------------------------------------------- run folders
 
 def _run_id(name: str) -> Optional[int]:
@@ -199,6 +203,20 @@ def latest_state(run_dir: str, log=print) -> Optional[Dict[str, Any]]:
         state["path"] = path
         return state
     return None
+
+
+def nonfinite_tensors(modules: Dict[str, torch.nn.Module], limit: int = 3) -> List[str]:
+    """Names ('D.b4.fc.weight', ...) of up to ``limit`` parameters and buffers holding NaN or Inf.
+    Checked before a snapshot or state is written: with only the newest states kept, writing a
+    diverged run's weights would soon have deleted its last good state."""
+    bad = []
+    for prefix, module in modules.items():
+        for name, t in [*module.named_parameters(), *module.named_buffers()]:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad.append(f"{prefix}.{name}")
+                if len(bad) == limit:
+                    return bad
+    return bad
 
 
 def prune_states(run_dir: str, keep: int) -> None:

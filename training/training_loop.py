@@ -432,6 +432,7 @@ class Trainer:
         iteration, so that ``--resume latest`` loses nothing; no snapshot, grid or metrics (a scheduler's
         grace period is short), and the tick's losses so far are not logged."""
         name = next(n for n in dist.all_gather_object(self.stop.signal_name) if n)
+        self._check_finite()
         path = self._save_state(mid_tick=True)
         dist.print0(f"{name}: stopped after iteration {self.batch_idx} ({self.cur_nimg / 1e3:.3f} kimg) with "
                     f"resume state {path}; rerun the same command with --resume latest to continue from there.")
@@ -472,9 +473,22 @@ class Trainer:
         from spherehead.generation import write_png
         write_png(os.path.join(self.run_dir, name), image_grid(self.G_ema, self.opts.image_grid_seeds, self.device))
 
+    def _check_finite(self) -> None:
+        """Stop, writing nothing, when the weights are no longer finite (before each snapshot or state)."""
+        bad = resume_io.nonfinite_tensors({"G": self.G, "D": self.D, "G_ema": self.G_ema})
+        if dist.any_rank(bool(bad)):
+            states = resume_io.state_files(self.run_dir)
+            raise resume_io.DivergedError(
+                f"{self.run_dir}: after iteration {self.batch_idx} ({self.cur_nimg / 1e3:.3f} kimg) the weights hold "
+                f"NaN or Inf ({', '.join(bad) or 'on another rank'}). Nothing was written, so the newest files are "
+                f"the last good ones ({os.path.basename(states[-1]) if states else 'no resume state yet'}). The same "
+                f"command would diverge again: fine-tune from a snapshot in a new run folder with changed options "
+                f"(e.g. --lr-g, --lr-d, --r1-gamma) and --resume <snapshot>.")
+
     def _save_snapshot(self) -> None:
         """Network snapshot (safetensors, for users) and resume state, both by rank 0, both atomic."""
         import spherehead
+        self._check_finite()
         if self.rank == 0:
             path = os.path.join(self.run_dir, f"network-snapshot-{self.cur_nimg // 1000:06d}.safetensors")
             spherehead.save_network(path, G_ema=self.G_ema, D=self.D, G=self.G, metadata=self._metadata())
