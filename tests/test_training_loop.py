@@ -20,7 +20,8 @@ from torch_utils import distributed as dist
 from training import resume as resume_io
 from training.presets import make_training_options
 from training.synthetic_set import generate_synthetic_set
-from training.training_loop import InfiniteSampler, Trainer, build_networks, training_loop
+from training.dataset import InfiniteSampler
+from training.training_loop import Trainer, build_networks, training_loop
 from training.training_stats import Collector, read_stats, trim_stats
 from helpers import assert_user_error  # noqa: E402
 

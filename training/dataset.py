@@ -254,3 +254,22 @@ class HeadDataset(torch.utils.data.Dataset):
             if "mask" in item:
                 item["mask"] = item["mask"][:, :, ::-1]
         return {k: (np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v) for k, v in item.items()}
+
+
+class InfiniteSampler(torch.utils.data.Sampler):
+    """Endless index stream: epoch e is ``default_rng([seed, e]).permutation(size)``; the global stream is
+    dealt round-robin to the ranks, and ``start`` skips that many of this rank's indices (resume)."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1, seed: int = 0, start: int = 0):
+        if size < 1:
+            raise ValueError("the dataset is empty")
+        self.size, self.rank, self.world_size, self.seed, self.start = size, rank, world_size, seed, start
+
+    def __iter__(self):
+        k, epoch_cached, perm = self.start, -1, None
+        while True:
+            epoch, offset = divmod(k * self.world_size + self.rank, self.size)
+            if epoch != epoch_cached:
+                perm, epoch_cached = np.random.default_rng([self.seed, epoch]).permutation(self.size), epoch
+            yield int(perm[offset])
+            k += 1

@@ -30,7 +30,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from spherehead.networks.presets import discriminator_kwargs, generator_kwargs
 from training.loss import PARSING_CLASSES, LossOptions
-from training.training_loop import TrainingOptions
+from training.options import TrainingOptions
 
 
 @dataclass(frozen=True)

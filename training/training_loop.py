@@ -25,7 +25,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -35,72 +35,13 @@ from spherehead import camera
 from spherehead.networks.registry import build_network
 from torch_utils import distributed as dist
 from training import resume as resume_io
-from training.dataset import HeadDataset
-from training.loss import LossOptions, SphereHeadLoss, schedule
+from training.dataset import HeadDataset, InfiniteSampler
+from training.loss import SphereHeadLoss, schedule
+from training.options import TrainingOptions
 from training.stop_signals import StopRequest, ignore_in_worker
 from training.training_stats import Collector, StatsWriter, format_time, peak_memory_gb, tee_log
 
 GRID_YAWS = (0.0, math.pi / 2, math.pi)   # image grids: front, side (camera on +x), back
-
-
-@dataclass
-class TrainingOptions:
-    """Everything that determines the numbers of a run (written to training_options.json)."""
-    dataset_kwargs: Dict[str, Any]            # HeadDataset kwargs: path, resolution, xflip, back_repeat, ...
-    G_kwargs: Dict[str, Any]                  # TriPlaneGenerator kwargs
-    D_class: str                              # 'MaskDualDiscriminatorV2' or 'HoloDiscriminator'
-    D_kwargs: Dict[str, Any]
-    loss_opts: LossOptions = field(default_factory=LossOptions)
-    batch: int = 32                           # total over all ranks
-    batch_gpu: int = 4                        # per rank and round
-    total_kimg: float = 25000
-    kimg_per_tick: float = 4
-    snapshot_ticks: Optional[int] = 50        # None: no snapshots (and no resume states)
-    image_snapshot_ticks: Optional[int] = 50
-    G_lr: float = 0.0025
-    D_lr: float = 0.002
-    betas: Tuple[float, float] = (0.0, 0.99)
-    eps: float = 1e-8
-    G_reg_interval: Optional[int] = 4         # lazy density reg; only when loss_opts.density_reg > 0 (§6.1)
-    D_reg_interval: Optional[int] = 16        # lazy R1; None: R1 in every 'Dboth' step
-    ema_kimg: Optional[float] = None          # None: batch·10/32 (§6.1)
-    ema_rampup: Optional[float] = 0.05
-    resume: Optional[str] = None              # None | 'latest' | path of a native or upstream checkpoint
-    resume_blur: bool = False                 # fine-tune from a path: keep the blur/GPC fades (§6.2)
-    seed: int = 0
-    image_grid_seeds: int = 4
-    keep_resume_states: int = 2               # newest resume states kept (network snapshots are all kept)
-    cfg: str = ""                             # preset name (run folder name and metadata)
-    # Metrics at each network snapshot, by rank 0 (docs/metrics.md); they do not change the training.
-    metrics: Tuple[str, ...] = ()             # e.g. ('fid', 'artifact-rate')
-    metrics_num_gen: int = 1000               # generated images per metric (per yaw bin for '-bins')
-    metrics_features: Optional[str] = None    # FID/KID features: Inception path/URL, None (cached), 'parsing'
-    metrics_data: Optional[str] = None        # dataset the metrics use; None: the training set
-
-    def __post_init__(self):
-        if isinstance(self.loss_opts, dict):
-            self.loss_opts = LossOptions(**self.loss_opts)
-        self.betas = tuple(float(b) for b in self.betas)
-        self.metrics = tuple(self.metrics)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
-
-    def validate(self, world_size: int) -> None:
-        """One-line ValueErrors for inconsistent sizes (the CLI shows them as they are)."""
-        if self.batch_gpu < 1 or self.batch % (self.batch_gpu * world_size) != 0:
-            raise ValueError(f"--batch {self.batch} must be a multiple of --batch-gpu {self.batch_gpu} × "
-                             f"{world_size} process(es)")
-        group = self.D_kwargs.get("epilogue_kwargs", {}).get("mbstd_group_size", 4) or 1
-        if self.batch_gpu % min(group, self.batch_gpu) != 0:
-            raise ValueError(f"--batch-gpu {self.batch_gpu} must be a multiple of the discriminator's "
-                             f"minibatch-std group size {group}")
-        if self.total_kimg <= 0 or self.kimg_per_tick <= 0:
-            raise ValueError("--kimg and --tick must be positive")
-
-    @property
-    def ema_nimg(self) -> float:
-        return (self.batch * 10 / 32 if self.ema_kimg is None else self.ema_kimg) * 1000
 
 
 @dataclass
@@ -121,25 +62,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-
-
-class InfiniteSampler(torch.utils.data.Sampler):
-    """Endless index stream: epoch e is ``default_rng([seed, e]).permutation(size)``; the global stream is
-    dealt round-robin to the ranks, and ``start`` skips that many of this rank's indices (resume)."""
-
-    def __init__(self, size: int, rank: int = 0, world_size: int = 1, seed: int = 0, start: int = 0):
-        if size < 1:
-            raise ValueError("the dataset is empty")
-        self.size, self.rank, self.world_size, self.seed, self.start = size, rank, world_size, seed, start
-
-    def __iter__(self):
-        k, epoch_cached, perm = self.start, -1, None
-        while True:
-            epoch, offset = divmod(k * self.world_size + self.rank, self.size)
-            if epoch != epoch_cached:
-                perm, epoch_cached = np.random.default_rng([self.seed, epoch]).permutation(self.size), epoch
-            yield int(perm[offset])
-            k += 1
 
 
 def open_dataset(opts: TrainingOptions, needs_parsing: bool) -> HeadDataset:
