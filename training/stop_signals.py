@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+
+def _present() -> List[int]:
+    """The :data:`STOP_SIGNALS` this platform has (no SIGUSR1 on Windows)."""
+    return [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
 
 
 class StopRequest:
@@ -30,10 +35,8 @@ class StopRequest:
     def install(self) -> "StopRequest":
         if threading.current_thread() is not threading.main_thread():
             return self   # signal.signal works only there; a loop run from a thread stops the default way
-        for name in STOP_SIGNALS:
-            sig = getattr(signal, name, None)   # no SIGUSR1 on Windows
-            if sig is not None:
-                self._previous[sig] = signal.signal(sig, self._handle)
+        for sig in _present():
+            self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -60,7 +63,5 @@ def ignore_in_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: workers ignore the stop signals, which SLURM and the terminal
     also send to them. The main process finishes its iteration and then shuts them down; had they
     died of the signal, it would have raised in the middle of that iteration."""
-    for name in STOP_SIGNALS:
-        sig = getattr(signal, name, None)
-        if sig is not None:
-            signal.signal(sig, signal.SIG_IGN)
+    for sig in _present():
+        signal.signal(sig, signal.SIG_IGN)
