@@ -115,6 +115,9 @@ def _prepare(cfg, data, run_dir, outdir, gpus, resume, **overrides):
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Random seed.")
 @click.option("--resume", default=None, help="'latest' (continue this run exactly) or a checkpoint to fine-tune from.")
 @click.option("--resume-blur", is_flag=True, help="Fine-tune start keeps the blur and GPC fades (§6.2).")
+@click.option("--resume-kimg", type=click.FloatRange(min=0), default=0.0,
+              help="Fine-tune start: count from this kimg (schedules, EMA ramp-up, snapshot names; --kimg is "
+                   "the total), e.g. 1000 for the second stage (§6.2).")
 @click.option("--vico-weight", type=click.FloatRange(min=0), default=1.0, help="ViCo loss weight; 0 disables ViCo.")
 @click.option("--vico-min-angle", type=click.FloatRange(0, 180), default=30.0,
               help="ViCo: minimum angle (degrees) between a real image's camera and its shuffled camera.")

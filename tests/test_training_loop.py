@@ -225,6 +225,31 @@ def test_fine_tune_start_from_a_checkpoint(runs, heads, tmp_path):
     assert state["fade_disabled"] is True   # no --resume-blur: blur and GPC fades skipped (§6.2)
     log = (tmp_path / "ft" / "log.txt").read_text()
     assert "Fine-tune start: G <- " in log and "Fine-tune start: D <- " in log
+    # Counting from 0, the EMA ramp-up makes the first step's beta 0: G_ema is replaced by G.
+    assert all(torch.equal(state["G"][k], v) for k, v in state["G_ema"].items())
+
+
+def test_fine_tune_start_at_resume_kimg(runs, heads, tmp_path):
+    """--resume-kimg (the reference's second stage resumes at 1000 kimg, §6.2): the counters start
+    there, so the rendering resolution is already the final one, the EMA ramp-up is over (the loaded
+    G_ema is kept, only nudged toward G), and the snapshot is named by the total kimg."""
+    snapshot = str(runs["A"] / "network-snapshot-000000.safetensors")
+    loaded = {k: v.detach() for k, v in spherehead.load_network(snapshot)["G_ema"].named_parameters()}
+    run = tmp_path / "stage2"
+    _run(run, tiny_options(heads, kimg=1000.002, resume=snapshot, resume_kimg=1000, nrr_final=32, img_snap=0))
+    state = resume_io.latest_state(str(run))
+    assert (state["cur_nimg"], state["batch_idx"], state["neural_rendering_resolution"]) == (1000002, 1, 32)
+    assert (run / "network-snapshot-001000.safetensors").is_file()
+    assert [line["Progress/kimg"]["mean"] for line in read_stats(str(run / "stats.jsonl"))] == [1000.002]
+    beta = 0.5 ** (2 / (2 * 10 / 32 * 1000))   # ema_nimg = batch·10/32 kimg, no longer ramped (§6.1)
+    assert any(not torch.allclose(state["G"][k], v, atol=1e-3) for k, v in loaded.items())   # G_ema ≠ G
+    for name, before in loaded.items():   # parameters are lerped (buffers are copied from G)
+        assert torch.allclose(state["G_ema"][name], state["G"][name].lerp(before, beta), atol=1e-6), name
+    # --resume latest then continues the run (the folder match ignores the fine-tune start options).
+    assert _run(run, tiny_options(heads, kimg=1000.004, nrr_final=32, img_snap=0))["cur_nimg"] == 1000004
+    with pytest.raises(resume_io.ResumeError, match="no resume state to continue, and --resume-kimg 1000"):
+        _run(tmp_path / "empty", tiny_options(heads, kimg=1000.002, resume_kimg=1000))
+    assert not list((tmp_path / "empty").glob("*.safetensors"))
 
 
 def test_resume_latest_refuses_changed_options(runs, heads, tmp_path, monkeypatch):
@@ -348,6 +373,9 @@ def test_cli_user_errors(heads, tmp_path):
                     "--batch 6")
     assert_user_error(_cli(base + ["--data", heads, "--resume", str(tmp_path / "nope.pkl")]), "no such file")
     assert_user_error(_cli(base + ["--data", heads, "--gpus", "2"]), "torchrun")
+    assert_user_error(_cli(base + ["--data", heads, "--resume-kimg", "1000"]), "--resume-kimg", "--resume PATH")
+    assert_user_error(_cli(base + ["--data", heads, "--resume", "latest", "--resume-kimg", "1000", "--kimg", "500"]),
+                      "--resume-kimg 1000 must be below --kimg 500")
     assert_user_error(_cli(["--data", heads, "--cfg", "tiny-128", "--dry-run"]), "--outdir")
     assert not (tmp_path / "runs").exists()   # nothing is created by a dry run or a refused one
 

@@ -33,6 +33,7 @@ class TrainingOptions:
     ema_rampup: Optional[float] = 0.05
     resume: Optional[str] = None              # None | 'latest' | path of a native or upstream checkpoint
     resume_blur: bool = False                 # fine-tune from a path: keep the blur/GPC fades (§6.2)
+    resume_kimg: float = 0.0                  # fine-tune from a path: the counters start here (§6.2 stage 2)
     seed: int = 0
     image_grid_seeds: int = 4
     keep_resume_states: int = 2               # newest resume states kept (network snapshots are all kept)
@@ -63,6 +64,15 @@ class TrainingOptions:
                              f"minibatch-std group size {group}")
         if self.total_kimg <= 0 or self.kimg_per_tick <= 0:
             raise ValueError("--kimg and --tick must be positive")
+        if self.resume_kimg < 0:
+            raise ValueError(f"--resume-kimg {self.resume_kimg:g} must not be negative")
+        if self.resume_kimg > 0:
+            if self.resume is None:
+                raise ValueError("--resume-kimg sets where a fine-tune's counters start, so it needs "
+                                 "--resume PATH (the checkpoint to fine-tune from)")
+            if self.resume_kimg >= self.total_kimg:
+                raise ValueError(f"--resume-kimg {self.resume_kimg:g} must be below --kimg {self.total_kimg:g} "
+                                 f"(--kimg is the total, counted from 0, not the kimg to add)")
 
     @property
     def ema_nimg(self) -> float:

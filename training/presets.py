@@ -126,6 +126,7 @@ def make_training_options(cfg: str, data: str, *, parsing: bool = True, batch: O
                           tick: Optional[float] = None, snap: Optional[int] = None, img_snap: Optional[int] = None,
                           # snap / img_snap: ticks between snapshots / image grids, 0 = never
                           seed: int = 0, resume: Optional[str] = None, resume_blur: bool = False,
+                          resume_kimg: float = 0.0,
                           vico_weight: float = 1.0, vico_min_angle: float = 30.0, vico_rampup: float = 0.0,
                           vico_r1: bool = False, gpc_prob: Optional[float] = 0.7, density_reg: float = 0.0,
                           back_repeat: Optional[int] = None, mirror: Optional[bool] = None, nrr: Optional[int] = None,
@@ -158,5 +159,5 @@ def make_training_options(cfg: str, data: str, *, parsing: bool = True, batch: O
         batch=batch, batch_gpu=_pick(batch_gpu, max(min(p.batch_gpu, batch // max(world_size, 1)), 1)),
         total_kimg=_pick(kimg, p.kimg), kimg_per_tick=_pick(tick, p.tick),
         snapshot_ticks=_pick(snap, p.snap) or None, image_snapshot_ticks=_pick(img_snap, p.img_snap) or None, G_lr=_pick(lr_g, 0.0025), D_lr=_pick(lr_d, 0.002),
-        resume=resume, resume_blur=resume_blur, seed=seed, cfg=cfg, metrics=tuple(metrics),
+        resume=resume, resume_blur=resume_blur, resume_kimg=resume_kimg, seed=seed, cfg=cfg, metrics=tuple(metrics),
         metrics_num_gen=metrics_num_gen, metrics_features=metrics_features, metrics_data=metrics_data)

@@ -34,8 +34,10 @@ STATE_FORMAT = "spherehead-resume-state"
 STATE_VERSION = 1
 STATE_PATTERN = re.compile(r"resume-state-(\d{6,})\.pt")
 OPTIONS_FILE = "training_options.json"
-# May differ in a rerun that continues the run (the metrics do not change the training).
-UNMATCHED_OPTIONS = ("total_kimg", "resume", "launch", "metrics", "metrics_num_gen", "metrics_features", "metrics_data")
+# May differ in a rerun that continues the run: the metrics do not change the training, and a fine-tune
+# start's --resume PATH / --resume-blur / --resume-kimg live on in the state (fade_disabled, counters).
+UNMATCHED_OPTIONS = ("total_kimg", "resume", "resume_blur", "resume_kimg", "launch", "metrics", "metrics_num_gen",
+                     "metrics_features", "metrics_data")
 # May also differ when --resume latest continues a given run folder (the same data mounted elsewhere).
 UNCHECKED_ON_RESUME = ("dataset_kwargs.path",)
 

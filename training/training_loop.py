@@ -193,7 +193,7 @@ class Trainer:
 
     # ----- start: fresh, resumed state, or fine-tune weights -----
     def _resume(self) -> str:
-        """'scratch', 'state' (exact continuation) or 'weights' (fine-tune start, counters at 0)."""
+        """'scratch', 'state' (exact continuation) or 'weights' (fine-tune start, counters at --resume-kimg)."""
         o = self.opts
         if o.resume == "latest":
             # The options first: refusing should not cost a load of the state.
@@ -207,6 +207,10 @@ class Trainer:
             state = resume_io.latest_state(self.run_dir) if self.rank == 0 else None
             path = dist.broadcast_object(state["path"] if state else None)
             if path is None:
+                if o.resume_kimg > 0:
+                    raise resume_io.ResumeError(
+                        f"{self.run_dir}: no resume state to continue, and --resume-kimg "
+                        f"{o.resume_kimg:g} only applies to a fine-tune start: give --resume PATH.")
                 dist.print0(f"No resume state in {self.run_dir}: starting from scratch.")
                 return "scratch"
             self._load_state(state if self.rank == 0 else resume_io.load_state(path))
@@ -216,6 +220,8 @@ class Trainer:
         if o.resume:
             self._load_weights(o.resume)
             self.fade_disabled = not o.resume_blur
+            # --resume-kimg: the counters (schedules, EMA ramp-up, snapshot names) go on from there (§6.2).
+            self.cur_nimg = self.tick_start_nimg = int(round(o.resume_kimg * 1000))
             return "weights"
         return "scratch"
 
