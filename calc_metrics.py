@@ -2,7 +2,7 @@
 
     python calc_metrics.py --network net.safetensors --data heads.zip --metrics fid,fid-bins \\
         --inception ~/models/inception-2015-12-05.pt --num-gen 50000
-    python calc_metrics.py --network net.safetensors --data synthetic.zip --metrics artifact-rate --num-gen 1000
+    python calc_metrics.py --network net.safetensors --data synthetic.zip --metrics artifact-rate,face-rate-bins --num-gen 1000
     python calc_metrics.py --network net.safetensors --data synthetic.zip --metrics fid,kid --features parsing
     python calc_metrics.py --network runs/vico --data synthetic.zip --metrics fid --features parsing  # every snapshot
 
@@ -69,7 +69,7 @@ def results_folder(network: str) -> str:
                    "(all its snapshots); repeat for several.")
 @click.option("--data", required=True, type=click.Path(path_type=str), help="Dataset folder or zip (with labels).")
 @click.option("--metrics", "metric_names", default="fid",
-              help="Comma-separated: fid, kid, fid-bins, kid-bins, artifact-rate.")
+              help="Comma-separated: fid, kid, fid-bins, kid-bins, artifact-rate, face-rate-bins.")
 @click.option("--num-gen", type=click.IntRange(min=2), default=50000, help="Generated images per metric (per bin).")
 @click.option("--features", type=click.Choice(["inception", "parsing"]), default="inception",
               help="Feature net of FID/KID: the standard Inception, or a net trained on the dataset's parsing "
@@ -79,7 +79,7 @@ def results_folder(network: str) -> str:
 @click.option("--feature-steps", type=click.IntRange(min=1), default=None,
               help="Training steps of the --features parsing net  [default: 600]")
 @click.option("--detector-steps", type=click.IntRange(min=1), default=None,
-              help="Training steps of the artifact-rate detector  [default: 1000]")
+              help="Training steps of the face-part detector (artifact-rate, face-rate-bins)  [default: 1000]")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of latents and cameras.")
 @click.option("--batch", type=click.IntRange(min=1), default=16, help="Images per forward pass.")
 @click.option("--device", default="auto", help="auto, cpu or cuda[:N].")
@@ -88,7 +88,8 @@ def results_folder(network: str) -> str:
 @click.option("--no-save", is_flag=True, help="Only print; do not append to metric-<name>.jsonl.")
 def main(networks, data, metric_names, num_gen, features, inception, feature_steps, detector_steps, seed, batch, device,
          cache, no_save):
-    """Compute FID/KID (all views or yaw bins) and the back-view artifact rate of a generator."""
+    """Compute FID/KID (all views or yaw bins), the back-view artifact rate and the face-part rates per yaw bin
+    of a generator."""
     from training.dataset_io import DatasetError
     from training.metrics import PARSING_FEATURES, MetricError, append_result
     from training.metrics.artifacts import DetectorOptions

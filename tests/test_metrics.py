@@ -13,7 +13,7 @@ import spherehead
 from spherehead.camera import make_label
 from training.dataset import HeadDataset
 from training.metrics import MetricError, compute_metric, parse_metrics
-from training.metrics import artifacts, features, fid
+from training.metrics import artifacts, dataset_nets, features, fid
 from training.synthetic_heads import background, render_view, sample_head
 from training.synthetic_set import generate_synthetic_set
 
@@ -264,10 +264,25 @@ def test_artifact_detector_pipeline_and_cache(small_set, tmp_path):
     again, report2 = artifacts.load_or_train_detector(ds, small_set, opts, cache=str(tmp_path))
     assert report2["cached"] is True and report2["heldout_accuracy"] == report["heldout_accuracy"]
     assert float(again.threshold) == float(model.threshold)
+    # The digest names the trained weights: equal on reload, different for any other value.
+    assert len(report["weights"]) == 16 and report2["weights"] == report["weights"]
+    other = artifacts.FacePartDetector(opts.resolution, opts.width)
+    other.load_state_dict(model.state_dict())
+    assert dataset_nets.weights_digest(other) == report["weights"]
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1e-6
+    assert dataset_nets.weights_digest(other) != report["weights"]
     images = torch.from_numpy(np.stack([ds[i]["image"] for i in range(4)]))
     assert torch.equal(again(images), model(images))
     rate = artifacts.artifact_rate(head_renderer(False), ds, model, num_gen=3)
     assert 0.0 <= rate["artifact_rate"] <= 1.0
+    # Per yaw bin: a threshold of 0 flags every render, one above any score none.
+    model.threshold.fill_(0.0)
+    assert artifacts.face_rates(head_renderer(False), ds, model, num_gen=2) == \
+        {"face_rate_front": 1.0, "face_rate_side": 1.0, "face_rate_back": 1.0}
+    model.threshold.fill_(1e9)
+    assert set(artifacts.face_rates(head_renderer(False), ds, model, num_gen=2).values()) == {0.0}
+    model.threshold.copy_(again.threshold)
     # Same seed, same detector: the same weights (training is deterministic).
     retrained, _ = artifacts.train_detector(ds, opts)
     assert all(torch.equal(a, b) for a, b in zip(retrained.state_dict().values(), model.state_dict().values()))
@@ -283,6 +298,12 @@ def test_calc_metrics_cli_artifact_rate(small_set, tiny_network, tmp_path):
     record = json.loads(result.output.splitlines()[-1])
     assert record["metric"] == "artifact-rate" and record["results"]["artifact_rate"] in (0.0, 0.5, 1.0)
     assert record["results"]["detector"]["heldout_images"] > 0
+    bins = json.loads(CliRunner().invoke(calc_metrics.main, args[:5] + ["face-rate-bins"] + args[6:]).output
+                      .splitlines()[-1])
+    assert bins["metric"] == "face-rate-bins" and bins["results"]["detector"]["cached"] is True
+    assert sorted(k for k in bins["results"] if k != "detector") == \
+        ["face_rate_back", "face_rate_front", "face_rate_side"]
+    assert all(bins["results"][k] in (0.0, 0.5, 1.0) for k in ("face_rate_back", "face_rate_front", "face_rate_side"))
     assert os.listdir(tmp_path / "detectors")
 
 
@@ -300,3 +321,9 @@ def test_artifact_detector_accuracy_and_rates(tmp_path):
     correct = artifacts.artifact_rate(head_renderer(False), ds, model, num_gen=24)["artifact_rate"]
     faulty = artifacts.artifact_rate(head_renderer(True), ds, model, num_gen=24)["artifact_rate"]
     assert correct <= 0.35 and faulty >= 0.8 and faulty - correct >= 0.5, (correct, faulty)
+    # Per bin: the correct stand-in shows faces on the front and not on the back; the faulty one (faces
+    # only where the back should be) the other way round.
+    good = artifacts.face_rates(head_renderer(False), ds, model, num_gen=24)
+    bad = artifacts.face_rates(head_renderer(True), ds, model, num_gen=24)
+    assert good["face_rate_front"] >= 0.8 and good["face_rate_back"] <= 0.35, good
+    assert bad["face_rate_front"] <= 0.35 and bad["face_rate_back"] >= 0.8, bad

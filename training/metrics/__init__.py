@@ -1,4 +1,5 @@
-"""Metrics of a generator against a head dataset: FID/KID (all views or yaw bins) and the artifact rate.
+"""Metrics of a generator against a head dataset: FID/KID (all views or yaw bins), the artifact rate and
+the face-part detector's rate per yaw bin.
 
 :func:`compute_metric` is what ``calc_metrics.py`` and a training loop call, with the feature net from
 :func:`load_feature_net`; see docs/metrics.md.
@@ -19,8 +20,10 @@ METRICS = {
     "fid-bins": "FID per yaw bin: front |yaw|<45°, side 45-135°, back >=135°",
     "kid-bins": "KID per yaw bin",
     "artifact-rate": "fraction of back-view renders (|yaw|>=150°) in which the face-part detector fires",
+    "face-rate-bins": "the same detector's positive rate per yaw bin (front, side, back as fid-bins)",
 }
 _FEATURE_METRICS = ("fid", "kid", "fid-bins", "kid-bins")
+_DETECTOR_METRICS = ("artifact-rate", "face-rate-bins")
 
 # load_feature_net spec of the net trained on the dataset's parsing maps (training.metrics.parsing_features);
 # any other spec names the Inception (path, URL, or None for the cached default).
@@ -43,9 +46,13 @@ def needs_features(names) -> bool:
     return any(n in _FEATURE_METRICS for n in names)
 
 
+def needs_detector(names) -> bool:
+    return any(n in _DETECTOR_METRICS for n in names)
+
+
 def needs_parsing(names, features: Optional[str]) -> bool:
     """Whether metrics ``names`` with feature spec ``features`` read the dataset's parsing maps."""
-    return "artifact-rate" in names or (features == PARSING_FEATURES and needs_features(names))
+    return needs_detector(names) or (features == PARSING_FEATURES and needs_features(names))
 
 
 def load_feature_net(spec: Optional[str], dataset=None, dataset_path=None, cache: Optional[str] = None,
@@ -83,8 +90,8 @@ def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: i
     ``renderer`` is a :data:`training.metrics.fid.Renderer` (``fid.generator_renderer(G, device)``);
     FID/KID need ``feature_net`` (:func:`load_feature_net`) and add ``features``: the net's ``name``
     ('inception', 'parsing', or 'custom' for a callable without one), plus ``feature_net``, its report,
-    when it has one — so a parsing-feature FID is never mistaken for an Inception FID. The artifact rate
-    needs ``dataset_path`` (its detector cache key).
+    when it has one — so a parsing-feature FID is never mistaken for an Inception FID. The detector metrics
+    (artifact-rate, face-rate-bins) need ``dataset_path`` (their detector's cache key).
 
     ``reals`` (:func:`training.metrics.fid.real_features` of ``dataset``) and ``detector`` (the
     ``(detector, report)`` of :func:`training.metrics.artifacts.load_or_train_detector`) let a caller
@@ -107,11 +114,12 @@ def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: i
     else:
         if detector is None:
             if dataset_path is None:
-                raise MetricError("artifact-rate needs the dataset path (its detector is cached by it)")
+                raise MetricError(f"{name} needs the dataset path (its detector is cached by it)")
             detector = artifacts.load_or_train_detector(dataset, dataset_path,
                                                         detector_options or artifacts.DetectorOptions(), cache)
         detector, report = detector
-        results = artifacts.artifact_rate(renderer, dataset, detector, num_gen, seed, batch=batch)
+        rate = artifacts.artifact_rate if name == "artifact-rate" else artifacts.face_rates
+        results = rate(renderer, dataset, detector, num_gen, seed, batch=batch)
         results["detector"] = report
     return {"metric": name, "results": results, "num_gen": num_gen, "seed": seed,
             "seconds": round(time.time() - start, 2), **extra}

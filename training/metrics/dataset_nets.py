@@ -138,12 +138,26 @@ def cache_key(dataset, dataset_path, opts) -> str:
     return h.hexdigest()[:24]
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """Hex digest (16 characters) of ``model``'s state dict: names, dtypes, shapes and values.
+
+    The cache key names what a net was trained *from*; this names what came out. Training is
+    deterministic on one machine, but another CPU (other vector kernels, other float rounding) can train
+    a different net from the same key, and metrics are comparable only under the same weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def load_or_train(folder: str, prefix: str, dataset, dataset_path, opts, cache: Optional[str],
                   build: Callable[[], torch.nn.Module],
                   train: Callable[[], Tuple[torch.nn.Module, Dict]]) -> Tuple[torch.nn.Module, Dict, str]:
     """(net, report, cache file): the net from ``<cache>/<folder>/<prefix>-<key>.safetensors`` (``build()``
     makes the empty module), else ``train()``'s net saved there with its report and options as metadata.
-    The report gets ``cached`` (True when loaded)."""
+    The report gets ``cached`` (True when loaded) and ``weights`` (:func:`weights_digest`)."""
     from safetensors.torch import load_file, safe_open, save_file
     where = os.path.join(cache_dir(cache), folder)
     path = os.path.join(where, f"{prefix}-{cache_key(dataset, dataset_path, opts)}.safetensors")
@@ -152,7 +166,7 @@ def load_or_train(folder: str, prefix: str, dataset, dataset_path, opts, cache: 
             report = json.loads(f.metadata()["report"])
         model = build()
         model.load_state_dict(load_file(path))
-        return model.eval().requires_grad_(False), dict(report, cached=True), path
+        return model.eval().requires_grad_(False), dict(report, cached=True, weights=weights_digest(model)), path
     model, report = train()
     os.makedirs(where, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=where)
@@ -164,4 +178,4 @@ def load_or_train(folder: str, prefix: str, dataset, dataset_path, opts, cache: 
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return model, dict(report, cached=False), path
+    return model, dict(report, cached=False, weights=weights_digest(model)), path

@@ -121,8 +121,8 @@ def load_or_train_parsing_features(dataset, dataset_path, opts: ParsingFeatureOp
                                    cache: Optional[str] = None,
                                    progress=None) -> Tuple[ParsingFeatureNet, Dict]:
     """The feature net for ``dataset`` from ``<cache>/feature-nets/parsing-<key>.safetensors``, trained and saved
-    if absent. The report (also set as ``net.report``) adds ``cached`` and ``key`` (the file's key), which
-    identifies the net: FIDs are comparable only between results with the same key."""
+    if absent. The report (also set as ``net.report``) adds ``cached``, ``key`` (the file's key: what the net
+    was trained from) and ``weights`` (what came out): FIDs are comparable only under the same ``weights``."""
     model, report, path = load_or_train("feature-nets", NAME, dataset, dataset_path, opts, cache,
                                         lambda: ParsingFeatureNet(opts.resolution, opts.width),
                                         lambda: train_parsing_features(dataset, opts, progress))

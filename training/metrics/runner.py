@@ -40,11 +40,11 @@ class MetricRunner:
 
     def run(self, G) -> List[Dict[str, Any]]:
         """One record per metric (``metric``, ``results``, ``num_gen``, ``seed``, ``seconds``, ``data``)."""
-        from training.metrics import artifacts, compute_metric, needs_features
+        from training.metrics import artifacts, compute_metric, needs_detector, needs_features
         from training.metrics.fid import generator_renderer, real_features
         if self._reals is None and needs_features(self.names):
             self._reals = real_features(self.dataset, self.feature_net, self.batch)
-        if self._detector is None and "artifact-rate" in self.names:
+        if self._detector is None and needs_detector(self.names):
             self._detector = artifacts.load_or_train_detector(self.dataset, self.data, self.detector_options,
                                                               self.cache)
         renderer = generator_renderer(G, self.device, resolution=self.dataset.resolution, batch=self.batch)
