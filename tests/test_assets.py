@@ -26,19 +26,22 @@ def test_missing_asset_is_a_clear_error(tmp_path, monkeypatch):
         assets.bundled_path("nope")
 
 
-@pytest.fixture(scope="module")
-def demo():
-    if not os.path.isfile(os.path.join(os.path.dirname(assets.__file__), assets.BUNDLED["demo"])):
-        pytest.fail("the bundled demo network is missing from the checkout (spherehead/assets)")
-    return spherehead.load_network("demo")
+@pytest.fixture(scope="module", params=sorted(assets.BUNDLED))
+def bundled(request):
+    name = request.param
+    if not os.path.isfile(os.path.join(os.path.dirname(assets.__file__), assets.BUNDLED[name])):
+        pytest.fail(f"the bundled network {name} is missing from the checkout (spherehead/assets)")
+    return name, spherehead.load_network(name)
 
 
-def test_demo_network_is_small_and_renders(demo):
-    path = assets.bundled_path("demo")
-    assert os.path.getsize(path) <= 20 * 2**20
+def test_bundled_networks_are_small_and_render(bundled):
+    name, demo = bundled
+    assert sum(os.path.getsize(assets.bundled_path(n)) for n in assets.BUNDLED) <= 20 * 2**20
     G = demo["G_ema"]
     assert G.img_resolution == 128 and demo["metadata"]["cfg"] == "demo-wide-128"
-    assert demo["metadata"]["cur_nimg"] > 0
+    assert demo["metadata"]["cur_nimg"] > 0 and "D" in demo
+    # The comparison arm is the demo trained without ViCo, and nothing else.
+    assert demo["metadata"]["training_options"]["loss_opts"]["vico_weight"] == (0.0 if name == "demo-novico" else 1.0)
     z = torch.from_numpy(__import__("numpy").random.RandomState(0).randn(2, G.z_dim)).float()
     c = torch.cat([camera.make_label(yaw=0.0), camera.make_label(yaw=3.1)])
     with torch.no_grad():

@@ -2,7 +2,7 @@
 
 ``spherehead.load_network('demo')``, ``gen_samples.py`` / ``gen_videos.py`` / ``invert.py`` without
 ``--network``: the demo model trained on the synthetic 360° head set (docs/demo_model.md tells how it
-was trained and what it scores). A name is used only when no file of that name exists, so a local
+was trained and what it scores), and ``'demo-novico'``, the same model trained without ViCo. A name is used only when no file of that name exists, so a local
 file called ``demo`` still wins.
 """
 from __future__ import annotations
@@ -14,9 +14,11 @@ from ..errors import CheckpointError
 
 DEFAULT_NETWORK = "demo"
 
-# name -> file in this folder
+# name -> file in this folder. 'demo-novico' is the demo's comparison arm, trained the same way without
+# ViCo (docs/demo_model.md): with it the ViCo comparison can be measured (calc_metrics.py) without training.
 BUNDLED: Dict[str, str] = {
     "demo": "demo-128.safetensors",
+    "demo-novico": "demo-128-novico.safetensors",
 }
 
 
