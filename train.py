@@ -67,11 +67,15 @@ class MetricList(click.ParamType):
 
 
 def _resume_arg(value):
+    """'latest', None, or the checkpoint file to fine-tune from (a bundled name such as 'demo' is its file)."""
     if value is None or value == "latest":
         return value
-    if not os.path.isfile(value):
-        raise click.ClickException(f"--resume {value}: no such file (give 'latest' or a checkpoint file)")
-    return value
+    from spherehead.assets import resolve_network
+    path = resolve_network(value)
+    if not os.path.isfile(path):
+        raise click.ClickException(f"--resume {value}: no such file (give 'latest', a checkpoint file or a "
+                                   f"bundled network name)")
+    return path
 
 
 def _prepare(cfg, data, run_dir, outdir, gpus, resume, **overrides):
@@ -113,7 +117,8 @@ def _prepare(cfg, data, run_dir, outdir, gpus, resume, **overrides):
 @click.option("--img-snap", type=click.IntRange(min=0), default=None,
               help="Ticks per image grid; 0 = none  [default: the cfg's]")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Random seed.")
-@click.option("--resume", default=None, help="'latest' (continue this run exactly) or a checkpoint to fine-tune from.")
+@click.option("--resume", default=None,
+              help="'latest' (continue this run exactly) or a checkpoint to fine-tune from (a file, or 'demo').")
 @click.option("--resume-blur", is_flag=True, help="Fine-tune start keeps the blur and GPC fades (§6.2).")
 @click.option("--resume-kimg", type=click.FloatRange(min=0), default=0.0,
               help="Fine-tune start: count from this kimg (schedules, EMA ramp-up, snapshot names; --kimg is "

@@ -50,3 +50,17 @@ def test_bundled_networks_are_small_and_render(bundled):
     assert img.shape == (2, 3, 128, 128) and torch.isfinite(img).all()
     assert img.std() > 0.05                        # not a flat image
     assert (img[0] - img[1]).abs().mean() > 0.02   # different seeds and views differ
+
+
+def test_train_resume_accepts_a_bundled_name(tmp_path, monkeypatch):
+    """train.py --resume demo fine-tunes from the bundled file; a local file of that name still wins."""
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import click
+    import train
+    assert train._resume_arg("demo-novico") == assets.bundled_path("demo-novico")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").write_bytes(b"local")
+    assert train._resume_arg("demo") == "demo"
+    with pytest.raises(click.ClickException, match="no such file"):
+        train._resume_arg("nope")
