@@ -203,13 +203,14 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
-def module_digest(module: torch.nn.Module, skip: str = r".*\.[^.]+_(avg|ema)$") -> str:
+def module_digest(module: torch.nn.Module, skip: Optional[str] = r".*\.[^.]+_(avg|ema)$") -> str:
     """sha256 of a module's parameters and buffers (names matching ``skip`` left out: running averages
-    such as the mapping's w_avg are updated from each rank's own latents and legitimately differ)."""
+    such as the mapping's w_avg are updated from each rank's own latents and legitimately differ; None
+    leaves nothing out)."""
     h = hashlib.sha256()
-    pattern = re.compile(skip)
+    pattern = re.compile(skip) if skip is not None else None
     for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        if pattern.fullmatch(name):
+        if pattern is not None and pattern.fullmatch(name):
             continue
         h.update(name.encode())
         h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

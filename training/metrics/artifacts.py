@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from spherehead.camera import camera_yaw_pitch
 from training.metrics.dataset_nets import CellEncoder, fit, heldout_split, load_or_train, load_parsed_set
 from training.metrics.features import MetricError
-from training.metrics.fid import YAW_BINS, Renderer, dataset_labels, sample_cameras, yaw_bin_mask
+from training.metrics.fid import Renderer, bin_seed, dataset_labels, sample_cameras, yaw_bin_mask
 from spherehead.parsing import CLASS_INDEX
 
 # Facial hair is left out: a beard can show below the head from behind, which is not an artifact.
@@ -183,12 +183,10 @@ def face_rates(renderer: Renderer, dataset, detector: FacePartDetector, num_gen:
     that draws no faces at all; the front rate can (the procedural reals: ≈ 1 front, ≈ 0.07 back)."""
     labels = dataset_labels(dataset)
     results = {}
-    for k, name in enumerate(YAW_BINS):
-        if name == "all":
-            continue
+    for name in ("front", "side", "back"):
         cams = labels[yaw_bin_mask(labels, name)]
         if cams.shape[0] == 0:
             raise MetricError(f"the dataset has no cameras in yaw bin {name!r}")
-        gen = torch.Generator().manual_seed(seed * len(YAW_BINS) + k)   # per-bin streams, as fid-bins
+        gen = torch.Generator().manual_seed(bin_seed(seed, name))
         results[f"face_rate_{name}"] = _flagged_fraction(renderer, cams, detector, num_gen, gen, batch)
     return results

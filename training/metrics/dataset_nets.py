@@ -139,17 +139,14 @@ def cache_key(dataset, dataset_path, opts) -> str:
 
 
 def weights_digest(model: torch.nn.Module) -> str:
-    """Hex digest (16 characters) of ``model``'s state dict: names, dtypes, shapes and values.
+    """The first 16 hex characters of :func:`torch_utils.distributed.module_digest` over all of ``model``'s
+    parameters and buffers.
 
     The cache key names what a net was trained *from*; this names what came out. Training is
     deterministic on one machine, but another CPU (other vector kernels, other float rounding) can train
     a different net from the same key, and metrics are comparable only under the same weights."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()[:16]
+    from torch_utils.distributed import module_digest
+    return module_digest(model, skip=None)[:16]
 
 
 def load_or_train(folder: str, prefix: str, dataset, dataset_path, opts, cache: Optional[str],

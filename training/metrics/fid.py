@@ -79,6 +79,12 @@ def yaw_bin_mask(labels: torch.Tensor, name: str) -> np.ndarray:
     return (yaw >= lo) & ((yaw < hi) | (hi >= 180.0))
 
 
+def bin_seed(seed: int, name: str) -> int:
+    """The random stream of yaw bin ``name`` under metric seed ``seed``: one stream per bin, so that a bin's
+    result does not depend on which other bins were asked for."""
+    return seed * len(YAW_BINS) + list(YAW_BINS).index(name)
+
+
 def dataset_labels(dataset) -> torch.Tensor:
     """Un-mirrored camera labels float32 [len, 25] of every item of a HeadDataset."""
     return torch.from_numpy(np.stack([dataset.get_label(i) for i in range(len(dataset))]))
@@ -162,10 +168,9 @@ def fid_kid(renderer: Renderer, dataset, feature_net: FeatureNet, bins: Sequence
         mask = yaw_bin_mask(labels, name)
         if mask.sum() < 2:
             raise MetricError(f"yaw bin {name!r} has {int(mask.sum())} dataset image(s); at least 2 are needed")
-        k = list(YAW_BINS).index(name)   # per-bin streams: a bin's result does not depend on the others asked
-        gen = torch.Generator().manual_seed(seed * len(YAW_BINS) + k)
+        gen = torch.Generator().manual_seed(bin_seed(seed, name))
         fake = fake_features(renderer, sample_cameras(labels[mask], num_gen, gen), feature_net,
-                             seed * len(YAW_BINS) + k, batch)
+                             bin_seed(seed, name), batch)
         suffix = "" if name == "all" else f"_{name}"
         for kind in kinds:
             fn = fid_from_features if kind == "fid" else kid_from_features
