@@ -261,13 +261,13 @@ def head_renderer(face_everywhere: bool, resolution: int = 64, faceless: bool = 
     def render(cameras, gen):
         out = []
         yaw, pitch = camera_yaw_pitch(cameras, degrees=True)
-        for c, y, p in zip(cameras, yaw, pitch):
-            rng = np.random.default_rng([int(torch.randint(2 ** 31, (1,), generator=gen)), 99])
-            head = sample_head(rng)
-            label = make_label(y + 180.0, p, degrees=True)[0] if face_everywhere else c
-            scene = FacelessScene if faceless else synthetic_heads.HeadScene
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(synthetic_heads, "HeadScene", scene)
+        with pytest.MonkeyPatch.context() as mp:
+            if faceless:
+                mp.setattr(synthetic_heads, "HeadScene", FacelessScene)
+            for c, y, p in zip(cameras, yaw, pitch):
+                rng = np.random.default_rng([int(torch.randint(2 ** 31, (1,), generator=gen)), 99])
+                head = sample_head(rng)
+                label = make_label(y + 180.0, p, degrees=True)[0] if face_everywhere else c
                 out.append(render_view(head, label.numpy(), resolution, 2, background(rng))[0].transpose(2, 0, 1))
         return torch.from_numpy(np.stack(out))
     return render
@@ -334,7 +334,7 @@ def test_erase_face_parts_is_a_smooth_fill():
 
 def test_detector_set_has_erased_copies(small_set):
     """Every image with face-part pixels gets an erased copy: all-negative targets, same label and head, and
-    no face-part colours left where the parts were."""
+    only the (grown) face-part pixels repainted."""
     ds = HeadDataset(small_set, xflip=False)
     images, maps, targets, labels, groups, erased = artifacts._load_set(ds, artifacts.DetectorOptions())
     n = len(ds)

@@ -84,17 +84,20 @@ def face_part_target(parsing: np.ndarray, min_fraction: float) -> bool:
     return bool(np.isin(parsing, DETECTOR_CLASSES).sum() >= min_fraction * parsing.size)
 
 
+def _face_part_mask(parsing: np.ndarray) -> torch.Tensor:
+    """float32 [1, 1, H, W]: 1 where the parsing map [H, W] is of :data:`DETECTOR_CLASSES`."""
+    return torch.from_numpy(np.isin(parsing, DETECTOR_CLASSES).astype(np.float32))[None, None]
+
+
 def face_part_map(parsing: np.ndarray, cells: int) -> torch.Tensor:
     """Fraction float32 [cells, cells] of each cell of the parsing map [H, W] that is a face part."""
-    mask = torch.from_numpy(np.isin(parsing, DETECTOR_CLASSES).astype(np.float32))[None, None]
-    return F.adaptive_avg_pool2d(mask, cells)[0, 0]
+    return F.adaptive_avg_pool2d(_face_part_mask(parsing), cells)[0, 0]
 
 
 def face_part_pixels(parsing: np.ndarray, resolution: int) -> torch.Tensor:
     """bool [resolution, resolution]: the pixels at ``resolution`` that any face-part pixel of the parsing map
     [H, W] falls in, grown by one pixel (the resized image spreads each part's colour a little)."""
-    mask = torch.from_numpy(np.isin(parsing, DETECTOR_CLASSES).astype(np.float32))[None, None]
-    mask = F.adaptive_max_pool2d(mask, resolution)
+    mask = F.adaptive_max_pool2d(_face_part_mask(parsing), resolution)
     return F.max_pool2d(mask, 3, stride=1, padding=1)[0, 0] > 0
 
 
@@ -131,16 +134,15 @@ def _load_set(dataset, opts: DetectorOptions):
     maps = torch.stack([face_part_map(p, opts.resolution // 4) for p in parsing])
     targets = np.array([face_part_target(p, opts.min_fraction) for p in parsing])
     erased = np.zeros(len(targets), dtype=bool)
-    if opts.erased_negatives:
-        src = np.flatnonzero((maps.flatten(1) > 0).any(1).numpy())
-        holes = torch.stack([face_part_pixels(parsing[i], opts.resolution) for i in src]) if len(src) else None
-        if len(src):
-            images = torch.cat([images, erase_face_parts(images[src], holes)])
-            maps = torch.cat([maps, torch.zeros_like(maps[src])])
-            targets = np.concatenate([targets, np.zeros(len(src), dtype=bool)])
-            labels = torch.cat([labels, labels[src]])
-            groups = np.concatenate([groups, groups[src]])
-            erased = np.concatenate([erased, np.ones(len(src), dtype=bool)])
+    src = np.flatnonzero((maps.flatten(1) > 0).any(1).numpy()) if opts.erased_negatives else []
+    if len(src):
+        holes = torch.stack([face_part_pixels(parsing[i], opts.resolution) for i in src])
+        images = torch.cat([images, erase_face_parts(images[src], holes)])
+        maps = torch.cat([maps, torch.zeros_like(maps[src])])
+        targets = np.concatenate([targets, np.zeros(len(src), dtype=bool)])
+        labels = torch.cat([labels, labels[src]])
+        groups = np.concatenate([groups, groups[src]])
+        erased = np.concatenate([erased, np.ones(len(src), dtype=bool)])
     return images, maps, targets, labels, groups, erased
 
 
