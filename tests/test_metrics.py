@@ -251,11 +251,12 @@ class FacelessScene(synthetic_heads.HeadScene):
         return rgb, cls
 
 
-def head_renderer(face_everywhere: bool, resolution: int = 64, faceless: bool = False):
+def head_renderer(face_everywhere: bool, resolution: int = 64, faceless: bool = False, parsing: bool = False):
     """Generator stand-in over the procedural heads: a fresh head per camera, drawn from the metric's
     torch.Generator and rendered like the reals (2× supersampling). The correct one renders the asked
     camera; the faulty one always shows the face (the camera turned by 180° in yaw), i.e. a face on the
-    back of every head; ``faceless`` renders the asked camera with :class:`FacelessScene` heads."""
+    back of every head; ``faceless`` renders the asked camera with :class:`FacelessScene` heads.
+    ``parsing``: a parsing renderer, returning the renders' class maps uint8 [N, H, W] instead of images."""
     from spherehead.camera import camera_yaw_pitch
 
     def render(cameras, gen):
@@ -268,7 +269,8 @@ def head_renderer(face_everywhere: bool, resolution: int = 64, faceless: bool = 
                 rng = np.random.default_rng([int(torch.randint(2 ** 31, (1,), generator=gen)), 99])
                 head = sample_head(rng)
                 label = make_label(y + 180.0, p, degrees=True)[0] if face_everywhere else c
-                out.append(render_view(head, label.numpy(), resolution, 2, background(rng))[0].transpose(2, 0, 1))
+                image, _, classes = render_view(head, label.numpy(), resolution, 2, background(rng))
+                out.append(classes if parsing else image.transpose(2, 0, 1))
         return torch.from_numpy(np.stack(out))
     return render
 
@@ -366,6 +368,84 @@ def test_calc_metrics_cli_artifact_rate(small_set, tiny_network, tmp_path):
         ["face_rate_back", "face_rate_front", "face_rate_side"]
     assert all(bins["results"][k] in (0.0, 0.5, 1.0) for k in ("face_rate_back", "face_rate_front", "face_rate_side"))
     assert os.listdir(tmp_path / "detectors")
+
+
+def test_parsing_face_rates_known_answers(small_set):
+    """The generator's-own-parsing face rate: 1 for maps full of eyes, 0 for maps without face classes, and
+    the procedural stand-ins' parsing maps: faces on the front only for the correct one, on the back for
+    the faulty one; the reals' rates beside them (faces on every front, on no back)."""
+    ds = HeadDataset(small_set, xflip=False)
+    eye = artifacts.CLASS_INDEX["l_eye"]
+    flat = lambda value: (lambda c, gen: torch.full((c.shape[0], 16, 16), value, dtype=torch.uint8))  # noqa: E731
+    full = artifacts.parsing_face_rates(flat(eye), ds, num_gen=3)
+    none = artifacts.parsing_face_rates(flat(artifacts.CLASS_INDEX["hair"]), ds, num_gen=3)
+    for inside in ("", "_inside"):
+        assert [full[f"parsing_face_rate{inside}_{b}"] for b in ("front", "side", "back")] == [1.0, 1.0, 1.0]
+        assert [none[f"parsing_face_rate{inside}_{b}"] for b in ("front", "side", "back")] == [0.0, 0.0, 0.0]
+    assert {k: v for k, v in full.items() if k.startswith("real")} == \
+        {k: v for k, v in none.items() if k.startswith("real")}
+    assert full["real_parsing_face_rate_front"] == 1.0 and full["real_parsing_face_rate_back"] == 0.0, full
+    assert full["real_parsing_face_rate_inside_front"] >= 0.75 and full["real_parsing_face_rate_inside_back"] == 0.0
+    good = artifacts.parsing_face_rates(head_renderer(False, 32, parsing=True), ds, num_gen=6)
+    bad = artifacts.parsing_face_rates(head_renderer(True, 32, parsing=True), ds, num_gen=6)
+    for inside in ("", "_inside"):
+        assert good[f"parsing_face_rate{inside}_front"] == 1.0 and good[f"parsing_face_rate{inside}_back"] == 0.0, good
+        assert bad[f"parsing_face_rate{inside}_front"] == 0.0 and bad[f"parsing_face_rate{inside}_back"] == 1.0, bad
+    # The threshold is a pixel fraction: 4 eye pixels of 32² (0.0039) are below the default 0.004, 5 are not.
+    specks = [torch.zeros(2, 32, 32, dtype=torch.uint8) for _ in range(2)]
+    specks[0].view(2, -1)[:, :4] = eye
+    specks[1].view(2, -1)[:, :5] = eye
+    assert [artifacts.face_part_flags(m, 0.004).tolist() for m in specks] == [[False, False], [True, True]]
+    # Off the rim: 8 eye pixels on a head's outline count over the whole map, not inside; 2 px in, both.
+    head = torch.zeros(1, 32, 32, dtype=torch.uint8)
+    head[0, 4:28, 4:28] = artifacts.CLASS_INDEX["skin"]
+    rim, inner = head.clone(), head.clone()
+    rim[0, 10:18, 4] = eye
+    inner[0, 10:18, 6] = eye
+    assert [artifacts.parsing_face_flags(m, 0.004, inside).item() for m in (rim, inner) for inside in (False, True)] \
+        == [True, False, True, True]
+    assert artifacts.inside_silhouette(head, 2)[0, 6:26, 6:26].all() and not artifacts.inside_silhouette(head, 2)[0, 5].any()
+
+
+def test_resized_parsing_is_what_the_discriminator_sees():
+    """A block of a class keeps its class when the map is resized; a one-pixel speck of another class in it
+    is averaged away at a quarter of the size, as in the real parsing the loss gives D."""
+    parsing = np.zeros((64, 64), np.uint8)
+    parsing[16:48, 16:48] = artifacts.CLASS_INDEX["skin"]
+    parsing[30, 30] = artifacts.CLASS_INDEX["l_eye"]
+    small = artifacts.resized_parsing(parsing, 16)
+    assert small.shape == (16, 16) and small.dtype == torch.uint8
+    assert (small[5:11, 5:11] == artifacts.CLASS_INDEX["skin"]).all() and (small[:3] == 0).all()
+    assert int((small == artifacts.CLASS_INDEX["l_eye"]).sum()) == 0
+    assert torch.equal(artifacts.resized_parsing(parsing, 64), torch.from_numpy(parsing))
+
+
+def test_generator_parsing_renderer(small_set, tiny_network):
+    G = spherehead.load_network(tiny_network)["G_ema"]
+    render = fid.generator_renderer(G, "cpu", batch=2, output="parsing")
+    cams = fid.dataset_labels(HeadDataset(small_set, xflip=False))[:3]
+    maps = render(cams, torch.Generator().manual_seed(0))
+    res = G.neural_rendering_resolution
+    assert maps.shape == (3, res, res) and maps.dtype == torch.uint8 and int(maps.max()) < 20
+    assert torch.equal(maps, render(cams, torch.Generator().manual_seed(0)))   # the seed decides
+    G.parsing_flag = False
+    with pytest.raises(MetricError, match="no parsing head"):
+        fid.generator_renderer(G, "cpu", output="parsing")
+    with pytest.raises(MetricError, match="renderer output"):
+        fid.generator_renderer(G, "cpu", output="depth")
+
+
+def test_calc_metrics_cli_parsing_face_rates(small_set, tiny_network):
+    args = ["--network", tiny_network, "--data", small_set, "--metrics", "parsing-face-rate-bins", "--num-gen", "2",
+            "--device", "cpu", "--no-save"]
+    result = CliRunner().invoke(calc_metrics.main, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output.splitlines()[-1])
+    assert record["metric"] == "parsing-face-rate-bins"
+    assert sorted(record["results"]) == sorted(f"{p}parsing_face_rate{i}_{b}" for p in ("", "real_")
+                                               for i in ("", "_inside") for b in ("front", "side", "back"))
+    assert all(record["results"][f"parsing_face_rate_{b}"] in (0.0, 0.5, 1.0) for b in ("front", "side", "back"))
+    assert record["results"]["real_parsing_face_rate_front"] == 1.0
 
 
 @pytest.mark.slow

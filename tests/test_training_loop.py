@@ -442,6 +442,8 @@ def test_metric_that_cannot_run_stops_the_start(heads, tmp_path):
     assert result.exit_code != 0 and "nope" in result.output and "Traceback" not in result.output
     assert_user_error(_cli(base + ["--metrics", "fid", "--metrics-features", str(tmp_path / "missing.pt")]),
                     "missing.pt")
+    # the generator-parsing metric on a run without the parsing branch
+    assert_user_error(_cli(base + ["--no-parsing", "--metrics", "parsing-face-rate-bins"]), "without the parsing branch")
     assert not list((tmp_path / "runs").glob("*/network-snapshot-*"))   # no training happened
 
 

@@ -1,5 +1,5 @@
-"""Metrics of a generator against a head dataset: FID/KID (all views or yaw bins), the artifact rate and
-the face-part detector's rate per yaw bin.
+"""Metrics of a generator against a head dataset: FID/KID (all views or yaw bins), the artifact rate,
+the face-part detector's rate per yaw bin, and the face-part rate of the generator's own parsing maps.
 
 :func:`compute_metric` is what ``calc_metrics.py`` and a training loop call, with the feature net from
 :func:`load_feature_net`; see docs/metrics.md.
@@ -21,9 +21,12 @@ METRICS = {
     "kid-bins": "KID per yaw bin",
     "artifact-rate": "fraction of back-view renders (|yaw|>=150°) in which the face-part detector fires",
     "face-rate-bins": "the same detector's positive rate per yaw bin (front, side, back as fid-bins)",
+    "parsing-face-rate-bins": "per yaw bin, the fraction of renders whose own parsing map (the generator's "
+                              "parsing branch) shows face parts, beside the reals' (no detector)",
 }
 _FEATURE_METRICS = ("fid", "kid", "fid-bins", "kid-bins")
 _DETECTOR_METRICS = ("artifact-rate", "face-rate-bins")
+_GENERATOR_PARSING_METRICS = ("parsing-face-rate-bins",)   # read the generator's parsing maps
 
 # load_feature_net spec of the net trained on the dataset's parsing maps (training.metrics.parsing_features);
 # any other spec names the Inception (path, URL, or None for the cached default).
@@ -50,9 +53,14 @@ def needs_detector(names) -> bool:
     return any(n in _DETECTOR_METRICS for n in names)
 
 
+def needs_generator_parsing(names) -> bool:
+    return any(n in _GENERATOR_PARSING_METRICS for n in names)
+
+
 def needs_parsing(names, features: Optional[str]) -> bool:
     """Whether metrics ``names`` with feature spec ``features`` read the dataset's parsing maps."""
-    return needs_detector(names) or (features == PARSING_FEATURES and needs_features(names))
+    return needs_detector(names) or needs_generator_parsing(names) or \
+        (features == PARSING_FEATURES and needs_features(names))
 
 
 def load_feature_net(spec: Optional[str], dataset=None, dataset_path=None, cache: Optional[str] = None,
@@ -84,7 +92,7 @@ def load_feature_net(spec: Optional[str], dataset=None, dataset_path=None, cache
 
 def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: int = 50000, seed: int = 0,
                    dataset_path: Optional[str] = None, detector_options=None, cache: Optional[str] = None,
-                   batch: int = 32, reals=None, detector=None) -> Dict[str, Any]:
+                   batch: int = 32, reals=None, detector=None, parsing_renderer=None) -> Dict[str, Any]:
     """One metric: ``{'metric', 'results': {...}, 'num_gen', 'seconds'}``.
 
     ``renderer`` is a :data:`training.metrics.fid.Renderer` (``fid.generator_renderer(G, device)``);
@@ -96,6 +104,7 @@ def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: i
     ``reals`` (:func:`training.metrics.fid.real_features` of ``dataset``) and ``detector`` (the
     ``(detector, report)`` of :func:`training.metrics.artifacts.load_or_train_detector`) let a caller
     that scores several generators compute them once (:class:`training.metrics.runner.MetricRunner`).
+    parsing-face-rate-bins needs ``parsing_renderer`` (``fid.generator_renderer(G, device, output='parsing')``).
     """
     from training.metrics import artifacts, fid
     if name not in METRICS:
@@ -111,6 +120,10 @@ def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: i
         bins = ("all",) if not name.endswith("-bins") else ("front", "side", "back")
         results = fid.fid_kid(renderer, dataset, feature_net, bins, kinds=[name.split("-")[0]], num_gen=num_gen,
                               seed=seed, batch=batch, reals=reals)
+    elif name in _GENERATOR_PARSING_METRICS:
+        if parsing_renderer is None:
+            raise MetricError(f"{name} needs the generator's parsing maps (a parsing renderer)")
+        results = artifacts.parsing_face_rates(parsing_renderer, dataset, num_gen, seed, batch=batch)
     else:
         if detector is None:
             if dataset_path is None:

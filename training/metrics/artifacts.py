@@ -16,6 +16,9 @@ held-out heads, front and back views separately; then G is rendered at the datas
 The trained detector is cached as safetensors keyed by the dataset (path, labels, file names) and
 the training options, so it is trained once per dataset (:mod:`training.metrics.dataset_nets`, shared
 with the parsing feature net).
+
+:func:`parsing_face_rates` counts the same face-part classes in the generator's own parsing maps instead
+(no detector; a model with the parsing branch says itself where it puts a face).
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ from spherehead.camera import camera_yaw_pitch
 from training.metrics.dataset_nets import CellEncoder, fit, heldout_split, load_or_train, load_parsed_set
 from training.metrics.features import MetricError
 from training.metrics.fid import Renderer, bin_seed, dataset_labels, sample_cameras, yaw_bin_mask
-from spherehead.parsing import CLASS_INDEX
+from spherehead.networks.discriminator import resize_to
+from spherehead.parsing import CLASS_INDEX, NUM_CLASSES
 
 # Facial hair is left out: a beard can show below the head from behind, which is not an artifact.
 DETECTOR_CLASSES = tuple(CLASS_INDEX[n] for n in (
@@ -79,9 +83,16 @@ class FacePartDetector(CellEncoder):
         return self.score(images) >= self.threshold
 
 
+def face_part_flags(parsing: torch.Tensor, min_fraction: float) -> torch.Tensor:
+    """bool [N]: at least ``min_fraction`` of the parsing map (class indices [N, H, W]) is of
+    :data:`DETECTOR_CLASSES`."""
+    parts = torch.isin(parsing.long(), torch.tensor(DETECTOR_CLASSES)).flatten(1).sum(1)
+    return parts >= min_fraction * parsing[0].numel()
+
+
 def face_part_target(parsing: np.ndarray, min_fraction: float) -> bool:
     """True when at least ``min_fraction`` of the parsing map [H, W] is of :data:`DETECTOR_CLASSES`."""
-    return bool(np.isin(parsing, DETECTOR_CLASSES).sum() >= min_fraction * parsing.size)
+    return bool(face_part_flags(torch.from_numpy(np.ascontiguousarray(parsing))[None], min_fraction)[0])
 
 
 def _face_part_mask(parsing: np.ndarray) -> torch.Tensor:
@@ -250,4 +261,61 @@ def face_rates(renderer: Renderer, dataset, detector: FacePartDetector, num_gen:
             raise MetricError(f"the dataset has no cameras in yaw bin {name!r}")
         gen = torch.Generator().manual_seed(bin_seed(seed, name))
         results[f"face_rate_{name}"] = _flagged_fraction(renderer, cams, detector, num_gen, gen, batch)
+    return results
+
+
+# ----- the generator's own parsing maps -----
+
+def resized_parsing(parsing: np.ndarray, resolution: int) -> torch.Tensor:
+    """uint8 [resolution, resolution]: the class map [H, W] as the discriminator sees a real one at that
+    resolution (one-hot, antialiased resize as in the loss), back to class indices by argmax."""
+    onehot = F.one_hot(torch.from_numpy(parsing.astype(np.int64)), NUM_CLASSES).permute(2, 0, 1)[None].float()
+    return resize_to(onehot, resolution)[0].argmax(dim=0).to(torch.uint8)
+
+
+def inside_silhouette(parsing: torch.Tensor, margin: int) -> torch.Tensor:
+    """bool [N, H, W]: the pixels of the class maps [N, H, W] with no background (class 0) pixel within
+    ``margin`` pixels (a square window; outside the map counts as no background)."""
+    fg = (parsing != 0).float()[:, None]
+    return (-F.max_pool2d(-fg, 2 * margin + 1, stride=1, padding=margin))[:, 0] > 0
+
+
+def parsing_face_flags(parsing: torch.Tensor, min_fraction: float, inside: bool = False) -> torch.Tensor:
+    """bool [N]: :func:`face_part_flags` of the class maps [N, H, W]; with ``inside``, counting only the
+    face-part pixels at least 1/16 of the map size (2 px at 32²) inside the silhouette. A rendered parsing
+    map's rim mixes head and background, and its argmax there can be any class: the demo model's back
+    views had eye and lip slivers on the rim, never inside (docs/metrics.md)."""
+    if inside:
+        keep = inside_silhouette(parsing, max(1, parsing.shape[-1] // 16))
+        parsing = torch.where(keep, parsing, torch.zeros_like(parsing))
+    return face_part_flags(parsing, min_fraction)
+
+
+def parsing_face_rates(parsing_renderer: Renderer, dataset, num_gen: int = 1000, seed: int = 0,
+                       batch: int = 32, min_fraction: float = DetectorOptions.min_fraction) -> Dict[str, float]:
+    """Per yaw bin (:data:`training.metrics.fid.YAW_BINS`), the fraction of ``num_gen`` renders whose own
+    parsing map (``generator_renderer(..., output='parsing')``) has at least ``min_fraction`` of its pixels
+    in :data:`DETECTOR_CLASSES`: ``parsing_face_rate_<bin>`` over the whole map, ``parsing_face_rate_inside_<bin>``
+    off the silhouette's rim (:func:`parsing_face_flags`); and both over the dataset's images of the bin,
+    their parsing maps resized to the generator's (``real_parsing_face_rate[_inside]_<bin>``).
+
+    No detector: the generator's parsing branch says itself where it puts eyes, brows, nose, mouth and
+    glasses, so a face on the back of the head shows as face classes inside back views, on any dataset
+    with parsing maps. It reads the semantic field, not the picture: a model can lay out a face in its
+    parsing before its image shows one (docs/metrics.md). Cameras and latents are drawn as in
+    :func:`face_rates`, so the same seed renders the same heads for both metrics."""
+    labels = dataset_labels(dataset)
+    real_maps = [dataset[i]["parsing"] for i in range(len(dataset))]
+    results = {}
+    for name in ("front", "side", "back"):
+        mask = np.asarray(yaw_bin_mask(labels, name))
+        if not mask.any():
+            raise MetricError(f"the dataset has no cameras in yaw bin {name!r}")
+        gen = torch.Generator().manual_seed(bin_seed(seed, name))
+        fakes = torch.cat([parsing_renderer(c, gen) for c in sample_cameras(labels[mask], num_gen, gen).split(batch)])
+        reals = torch.stack([resized_parsing(real_maps[i], fakes.shape[-1]) for i in np.flatnonzero(mask)])
+        for who, maps in (("", fakes), ("real_", reals)):
+            for inside in (False, True):
+                key = f"{who}parsing_face_rate{'_inside' if inside else ''}_{name}"
+                results[key] = float(parsing_face_flags(maps, min_fraction, inside).float().mean())
     return results

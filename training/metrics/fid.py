@@ -6,7 +6,8 @@ k(x, y) = (xᵀy / D + 1)³, averaged over random subsets. Fakes are rendered at
 dataset's own labels (the EG3D-family protocol), with truncation 1 and constant noise.
 
 A *renderer* is any callable ``(cameras float [N, 25], torch.Generator) -> uint8 [N, 3, H, W]``;
-:func:`generator_renderer` makes one from G, tests pass stand-ins.
+:func:`generator_renderer` makes one from G, tests pass stand-ins. A *parsing renderer* returns the
+generator's parsing maps, uint8 class indices [N, H, W], instead (``generator_renderer(..., output='parsing')``).
 """
 from __future__ import annotations
 
@@ -104,9 +105,20 @@ def to_uint8(images: torch.Tensor, resolution: Optional[int] = None) -> torch.Te
 
 
 def generator_renderer(G, device, truncation_psi: float = 1.0, resolution: Optional[int] = None,
-                       batch: int = 8) -> Renderer:
-    """Renderer over G: random z from the given torch.Generator, conditioned and rendered at each camera."""
+                       batch: int = 8, output: str = "image") -> Renderer:
+    """Renderer over G: random z from the given torch.Generator, conditioned and rendered at each camera.
+
+    ``output='parsing'`` renders the generator's own parsing map instead: uint8 class indices [N, H, W]
+    (the argmax of ``image_parsing``, at the neural rendering resolution; ``resolution`` does not apply).
+    The latents and ray jitter are drawn the same way for both outputs, so the same seed and cameras
+    give the same heads. A generator without a parsing head is a MetricError.
+    """
     device = torch.device(device)
+    if output not in ("image", "parsing"):
+        raise MetricError(f"unknown renderer output {output!r}; choose 'image' or 'parsing'")
+    if output == "parsing" and not getattr(G, "parsing_flag", False):
+        raise MetricError("this network has no parsing head, so it renders no parsing maps "
+                          "(the parsing-face-rate-bins metric needs one)")
 
     @torch.no_grad()
     def render(cameras: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -118,7 +130,9 @@ def generator_renderer(G, device, truncation_psi: float = 1.0, resolution: Optio
             with rng_context(int(torch.randint(2 ** 31, (1,), generator=gen)), device):
                 c = c.to(device)
                 ws = G.mapping(z.to(device), c, truncation_psi=truncation_psi)
-                out.append(to_uint8(G.synthesis(ws, c, noise_mode="const")["image"], resolution).cpu())
+                res = G.synthesis(ws, c, noise_mode="const")
+                out.append((to_uint8(res["image"], resolution) if output == "image"
+                            else res["image_parsing"].argmax(dim=1).to(torch.uint8)).cpu())
         return torch.cat(out)
     return render
 

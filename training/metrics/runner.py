@@ -40,7 +40,7 @@ class MetricRunner:
 
     def run(self, G) -> List[Dict[str, Any]]:
         """One record per metric (``metric``, ``results``, ``num_gen``, ``seed``, ``seconds``, ``data``)."""
-        from training.metrics import artifacts, compute_metric, needs_detector, needs_features
+        from training.metrics import artifacts, compute_metric, needs_detector, needs_features, needs_generator_parsing
         from training.metrics.fid import generator_renderer, real_features
         if self._reals is None and needs_features(self.names):
             self._reals = real_features(self.dataset, self.feature_net, self.batch)
@@ -48,10 +48,13 @@ class MetricRunner:
             self._detector = artifacts.load_or_train_detector(self.dataset, self.data, self.detector_options,
                                                               self.cache)
         renderer = generator_renderer(G, self.device, resolution=self.dataset.resolution, batch=self.batch)
+        parsing_renderer = generator_renderer(G, self.device, batch=self.batch, output="parsing") \
+            if needs_generator_parsing(self.names) else None
         records = []
         for name in self.names:
             record = compute_metric(name, renderer, self.dataset, feature_net=self.feature_net, num_gen=self.num_gen,
-                                    seed=self.seed, batch=self.batch, reals=self._reals, detector=self._detector)
+                                    seed=self.seed, batch=self.batch, reals=self._reals, detector=self._detector,
+                                    parsing_renderer=parsing_renderer)
             record["data"] = os.path.abspath(self.data)
             records.append(record)
         return records
