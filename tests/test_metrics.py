@@ -405,6 +405,8 @@ def test_parsing_face_rates_known_answers(small_set):
     assert [artifacts.parsing_face_flags(m, 0.004, inside).item() for m in (rim, inner) for inside in (False, True)] \
         == [True, False, True, True]
     assert artifacts.inside_silhouette(head, 2)[0, 6:26, 6:26].all() and not artifacts.inside_silhouette(head, 2)[0, 5].any()
+    with pytest.raises(MetricError, match="parsing maps"):
+        artifacts.parsing_face_rates(flat(eye), HeadDataset(small_set, load_parsing=False), num_gen=1)
 
 
 def test_resized_parsing_is_what_the_discriminator_sees():

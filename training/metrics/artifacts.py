@@ -304,6 +304,8 @@ def parsing_face_rates(parsing_renderer: Renderer, dataset, num_gen: int = 1000,
     with parsing maps. It reads the semantic field, not the picture: a model can lay out a face in its
     parsing before its image shows one (docs/metrics.md). Cameras and latents are drawn as in
     :func:`face_rates`, so the same seed renders the same heads for both metrics."""
+    if not dataset.has_parsing:
+        raise MetricError("parsing-face-rate-bins needs a dataset with parsing maps (for the reals' rates)")
     labels = dataset_labels(dataset)
     real_maps = [dataset[i]["parsing"] for i in range(len(dataset))]
     results = {}
