@@ -386,6 +386,12 @@ def test_parsing_face_rates_known_answers(small_set):
         {k: v for k, v in none.items() if k.startswith("real")}
     assert full["real_parsing_face_rate_front"] == 1.0 and full["real_parsing_face_rate_back"] == 0.0, full
     assert full["real_parsing_face_rate_inside_front"] >= 0.75 and full["real_parsing_face_rate_inside_back"] == 0.0
+    # The reals' rates depend on the map size only: a caller's dict keeps them across generators.
+    kept = {}
+    assert artifacts.parsing_face_rates(flat(eye), ds, num_gen=3, reals=kept) == full
+    assert list(kept) == [(16, 0.004)] and kept[16, 0.004] == artifacts.real_parsing_face_rates(ds, 16)
+    kept[16, 0.004] = {"real_parsing_face_rate_front": -1.0}
+    assert artifacts.parsing_face_rates(flat(eye), ds, num_gen=3, reals=kept)["real_parsing_face_rate_front"] == -1.0
     good = artifacts.parsing_face_rates(head_renderer(False, 32, parsing=True), ds, num_gen=6)
     bad = artifacts.parsing_face_rates(head_renderer(True, 32, parsing=True), ds, num_gen=6)
     for inside in ("", "_inside"):

@@ -92,7 +92,8 @@ def load_feature_net(spec: Optional[str], dataset=None, dataset_path=None, cache
 
 def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: int = 50000, seed: int = 0,
                    dataset_path: Optional[str] = None, detector_options=None, cache: Optional[str] = None,
-                   batch: int = 32, reals=None, detector=None, parsing_renderer=None) -> Dict[str, Any]:
+                   batch: int = 32, reals=None, detector=None, parsing_renderer=None,
+                   parsing_reals=None) -> Dict[str, Any]:
     """One metric: ``{'metric', 'results': {...}, 'num_gen', 'seconds'}``.
 
     ``renderer`` is a :data:`training.metrics.fid.Renderer` (``fid.generator_renderer(G, device)``);
@@ -104,7 +105,9 @@ def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: i
     ``reals`` (:func:`training.metrics.fid.real_features` of ``dataset``) and ``detector`` (the
     ``(detector, report)`` of :func:`training.metrics.artifacts.load_or_train_detector`) let a caller
     that scores several generators compute them once (:class:`training.metrics.runner.MetricRunner`).
-    parsing-face-rate-bins needs ``parsing_renderer`` (``fid.generator_renderer(G, device, output='parsing')``).
+    parsing-face-rate-bins needs ``parsing_renderer`` (``fid.generator_renderer(G, device, output='parsing')``);
+    ``parsing_reals`` is the dict in which it keeps the reals' rates across generators
+    (:func:`training.metrics.artifacts.parsing_face_rates`).
     """
     from training.metrics import artifacts, fid
     if name not in METRICS:
@@ -123,7 +126,8 @@ def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: i
     elif name in _GENERATOR_PARSING_METRICS:
         if parsing_renderer is None:
             raise MetricError(f"{name} needs the generator's parsing maps (a parsing renderer)")
-        results = artifacts.parsing_face_rates(parsing_renderer, dataset, num_gen, seed, batch=batch)
+        results = artifacts.parsing_face_rates(parsing_renderer, dataset, num_gen, seed, batch=batch,
+                                               reals=parsing_reals)
     else:
         if detector is None:
             if dataset_path is None:

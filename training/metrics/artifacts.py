@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from spherehead.camera import camera_yaw_pitch
-from training.metrics.dataset_nets import CellEncoder, fit, heldout_split, load_or_train, load_parsed_set
+from training.metrics.dataset_nets import CellEncoder, fit, heldout_split, load_or_train, load_parsed_set, require_parsing
 from training.metrics.features import MetricError
 from training.metrics.fid import Renderer, bin_seed, dataset_labels, sample_cameras, yaw_bin_mask
 from spherehead.networks.discriminator import resize_to
@@ -291,33 +291,59 @@ def parsing_face_flags(parsing: torch.Tensor, min_fraction: float, inside: bool 
     return face_part_flags(parsing, min_fraction)
 
 
+def _bin_mask(labels: torch.Tensor, name: str) -> np.ndarray:
+    mask = np.asarray(yaw_bin_mask(labels, name))
+    if not mask.any():
+        raise MetricError(f"the dataset has no cameras in yaw bin {name!r}")
+    return mask
+
+
+def _rates(maps: torch.Tensor, prefix: str, name: str, min_fraction: float) -> Dict[str, float]:
+    """``<prefix>parsing_face_rate[_inside]_<name>`` of the class maps [N, H, W]."""
+    return {f"{prefix}parsing_face_rate{'_inside' if inside else ''}_{name}":
+            float(parsing_face_flags(maps, min_fraction, inside).float().mean()) for inside in (False, True)}
+
+
+def real_parsing_face_rates(dataset, resolution: int,
+                            min_fraction: float = DetectorOptions.min_fraction) -> Dict[str, float]:
+    """``real_parsing_face_rate[_inside]_<bin>``: :func:`parsing_face_flags` over the dataset's images of each
+    yaw bin, their parsing maps resized to ``resolution`` as D sees them (:func:`resized_parsing`)."""
+    require_parsing(dataset, "parsing-face-rate-bins (the reals' rates)")
+    labels = dataset_labels(dataset)
+    maps = torch.stack([resized_parsing(dataset[i]["parsing"], resolution) for i in range(len(dataset))])
+    results = {}
+    for name in ("front", "side", "back"):
+        results.update(_rates(maps[torch.from_numpy(_bin_mask(labels, name))], "real_", name, min_fraction))
+    return results
+
+
 def parsing_face_rates(parsing_renderer: Renderer, dataset, num_gen: int = 1000, seed: int = 0,
-                       batch: int = 32, min_fraction: float = DetectorOptions.min_fraction) -> Dict[str, float]:
+                       batch: int = 32, min_fraction: float = DetectorOptions.min_fraction,
+                       reals: Optional[Dict[Tuple[int, float], Dict[str, float]]] = None) -> Dict[str, float]:
     """Per yaw bin (:data:`training.metrics.fid.YAW_BINS`), the fraction of ``num_gen`` renders whose own
     parsing map (``generator_renderer(..., output='parsing')``) has at least ``min_fraction`` of its pixels
     in :data:`DETECTOR_CLASSES`: ``parsing_face_rate_<bin>`` over the whole map, ``parsing_face_rate_inside_<bin>``
     off the silhouette's rim (:func:`parsing_face_flags`); and both over the dataset's images of the bin,
-    their parsing maps resized to the generator's (``real_parsing_face_rate[_inside]_<bin>``).
+    their parsing maps resized to the generator's (:func:`real_parsing_face_rates`).
 
     No detector: the generator's parsing branch says itself where it puts eyes, brows, nose, mouth and
     glasses, so a face on the back of the head shows as face classes inside back views, on any dataset
     with parsing maps. It reads the semantic field, not the picture: a model can lay out a face in its
     parsing before its image shows one (docs/metrics.md). Cameras and latents are drawn as in
-    :func:`face_rates`, so the same seed renders the same heads for both metrics."""
-    if not dataset.has_parsing:
-        raise MetricError("parsing-face-rate-bins needs a dataset with parsing maps (for the reals' rates)")
+    :func:`face_rates`, so the same seed renders the same heads for both metrics.
+
+    ``reals``: a dict the caller keeps across generators (:class:`training.metrics.runner.MetricRunner`);
+    the reals' rates are stored in it by (map resolution, ``min_fraction``) and computed once for each."""
+    require_parsing(dataset, "parsing-face-rate-bins (the reals' rates)")
     labels = dataset_labels(dataset)
-    real_maps = [dataset[i]["parsing"] for i in range(len(dataset))]
-    results = {}
+    results, resolution = {}, None
     for name in ("front", "side", "back"):
-        mask = np.asarray(yaw_bin_mask(labels, name))
-        if not mask.any():
-            raise MetricError(f"the dataset has no cameras in yaw bin {name!r}")
         gen = torch.Generator().manual_seed(bin_seed(seed, name))
-        fakes = torch.cat([parsing_renderer(c, gen) for c in sample_cameras(labels[mask], num_gen, gen).split(batch)])
-        reals = torch.stack([resized_parsing(real_maps[i], fakes.shape[-1]) for i in np.flatnonzero(mask)])
-        for who, maps in (("", fakes), ("real_", reals)):
-            for inside in (False, True):
-                key = f"{who}parsing_face_rate{'_inside' if inside else ''}_{name}"
-                results[key] = float(parsing_face_flags(maps, min_fraction, inside).float().mean())
-    return results
+        cams = sample_cameras(labels[_bin_mask(labels, name)], num_gen, gen)
+        fakes = torch.cat([parsing_renderer(c, gen) for c in cams.split(batch)])
+        results.update(_rates(fakes, "", name, min_fraction))
+        resolution = fakes.shape[-1]
+    reals = {} if reals is None else reals
+    if (resolution, min_fraction) not in reals:
+        reals[resolution, min_fraction] = real_parsing_face_rates(dataset, resolution, min_fraction)
+    return {**results, **reals[resolution, min_fraction]}

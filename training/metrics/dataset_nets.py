@@ -24,13 +24,18 @@ import torch.nn.functional as F
 from training.metrics.features import MetricError, cache_dir
 
 
+def require_parsing(dataset, who: str) -> None:
+    """MetricError naming ``who`` when ``dataset`` has no parsing maps."""
+    if not dataset.has_parsing:
+        raise MetricError(f"{who} needs a dataset with parsing maps (e.g. the synthetic set)")
+
+
 def load_parsed_set(dataset, resolution: int, who: str):
     """The reals with their parsing maps: images uint8 [N, 3, r, r] resized to ``resolution``, parsing maps
     (a list of uint8 [H, W] at dataset size), labels float32 [N, 25] and head group ids [N].
 
     ``who`` names the net in the error raised when the dataset has no parsing maps."""
-    if not dataset.has_parsing:
-        raise MetricError(f"{who} needs a dataset with parsing maps (e.g. the synthetic set)")
+    require_parsing(dataset, who)
     images: List[torch.Tensor] = []
     parsing, labels, groups = [], [], []
     for i in range(len(dataset)):
