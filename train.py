@@ -131,6 +131,9 @@ def _prepare(cfg, data, run_dir, outdir, gpus, resume, **overrides):
 @click.option("--vico-r1/--no-vico-r1", default=False, help="ViCo: R1 also on real images with shuffled cameras.")
 @click.option("--parsing/--no-parsing", default=True,
               help="Parsing branch (HoloDiscriminator). --no-parsing: PanoHead-style G without parsing head.")
+@click.option("--parsing-drop", type=click.FloatRange(0, 1), default=0.0,
+              help="Chance per sample that D's parsing channels are zeroed, so D must judge it by its image; "
+                   "0 = never (the reference).")
 @click.option("--gpc-prob", type=GpcProb(), default="0.7",
               help="Generator pose conditioning swap probability after the fade; 'off' disables conditioning.")
 @click.option("--density-reg", type=click.FloatRange(min=0), default=0.0,

@@ -7,7 +7,7 @@ import torch
 from spherehead import camera
 from spherehead.networks.discriminator import HoloDiscriminator
 from spherehead.networks.presets import build_preset, discriminator_kwargs
-from training.loss import LossOptions, SphereHeadLoss, blur_images, schedule, shuffled_cameras
+from training.loss import LossOptions, SphereHeadLoss, blur_images, drop_parsing, schedule, shuffled_cameras
 
 
 def test_schedule_values():
@@ -95,6 +95,46 @@ def test_parsing_requires_holo_discriminator():
     with pytest.raises(ValueError, match="HoloDiscriminator"):
         SphereHeadLoss(G, D, LossOptions(parsing=True))
     SphereHeadLoss(G, D, LossOptions(parsing=False))  # mask-only ablation is fine
+
+
+def test_drop_parsing_zeroes_whole_samples_at_the_given_rate():
+    x = torch.rand(4000, 20, 2, 2) + 0.5
+    torch.manual_seed(0)
+    y = drop_parsing(x, 0.25)
+    kept = (y != 0).flatten(1)
+    assert torch.all(kept.all(1) | ~kept.any(1))          # a sample is kept whole or zeroed whole
+    assert torch.equal(y[kept.all(1)], x[kept.all(1)])     # kept maps are unchanged
+    assert float((~kept.any(1)).float().mean()) == pytest.approx(0.25, abs=0.03)
+    assert torch.equal(drop_parsing(x, 0.0), x) and not drop_parsing(x, 1.0).any()
+
+
+@pytest.mark.parametrize("phase", ["Dmain", "Gmain", "Dreg"])
+def test_parsing_drop_hides_parsing_from_discriminator(phase):
+    """prob 1: D's output, and so every gradient, no longer depends on the parsing channels: the
+    generator's parsing head gets no gradient and R1 sees a zero slope on them; prob 0 is the reference."""
+    for prob in (0.0, 1.0):
+        G, D, loss, real, real_c, z, gen_c = _setup()
+        loss.opts.parsing_drop_prob = prob
+        seen = []
+        hook = D.register_forward_pre_hook(lambda m, args: seen.append(args[0]["image_parsing"].detach().clone()))
+        torch.manual_seed(1)
+        stats = loss.accumulate_gradients(phase, real, real_c, z, gen_c, gain=1, cur_nimg=0)
+        hook.remove()
+        assert seen and all(bool(p.any()) != (prob == 1.0) for p in seen)
+        if phase == "Gmain":
+            grad = G.toparsing.weight.grad
+            assert (grad is None or not grad.any()) if prob == 1.0 else grad.abs().sum() > 0
+            assert G.t_mapping.fc1.weight.grad.abs().sum() > 0   # the image still trains G
+        else:
+            assert all(math.isfinite(v) for v in stats.values())
+
+
+def test_parsing_drop_without_parsing_is_refused():
+    from training.presets import make_training_options
+    opts = make_training_options("tiny-128", "x.zip", parsing=False, parsing_drop=0.5)
+    with pytest.raises(ValueError, match="--parsing-drop 0.5 .*--no-parsing"):
+        opts.validate(1)
+    make_training_options("tiny-128", "x.zip", parsing_drop=0.5).validate(1)
 
 
 def test_density_regulariser_runs():

@@ -282,6 +282,28 @@ def test_resume_latest_refuses_changed_options(runs, heads, tmp_path, monkeypatc
     assert resume_io.changed_options(str(tmp_path / "nothing-here"), opts) == []
 
 
+def test_resume_latest_compares_options_the_run_predates_with_their_defaults(runs, heads, tmp_path, monkeypatch):
+    """A run written before --parsing-drop existed ran without it: continuing it with the default is
+    fine, turning the new switch on in the continuation is refused (the file's record would be wrong)."""
+    import json
+    import shutil
+    run = tmp_path / "A"
+    shutil.copytree(runs["A"], run)
+    path = run / resume_io.OPTIONS_FILE
+    stored = json.loads(path.read_text())
+    del stored["loss_opts"]["parsing_drop_prob"]
+    path.write_text(json.dumps(stored))
+    same, switched = tiny_options(heads), tiny_options(heads, parsing_drop=0.5)
+    assert resume_io.changed_options(str(run), same.to_dict(), same.defaults()) == []
+    assert resume_io.changed_options(str(run), switched.to_dict(), switched.defaults()) == [
+        "loss_opts.parsing_drop_prob: run 0.0 (the default; the run predates the option), now 0.5"]
+    assert resume_io.changed_options(str(run), switched.to_dict()) == []   # no defaults given: not compared
+    with monkeypatch.context() as m:
+        m.setattr(resume_io, "load_state", lambda p: pytest.fail(f"loaded {p} before refusing"))
+        with pytest.raises(resume_io.ResumeError, match=r"parsing_drop_prob: run 0\.0 \(the default"):
+            _run(run, switched)
+
+
 def test_diverged_weights_are_never_written(heads, tmp_path, monkeypatch):
     """NaN in D after iteration 2: train.py stops with one error line naming the tensor and the last good
     state, and writes neither snapshot nor state of the diverged weights (only the newest states are

@@ -39,6 +39,7 @@ class LossOptions:
     density_reg_p_dist: float = 0.004
     trans_reg: float = 10.0               # ‖mean Δc‖² weight (camera self-adaptation)
     parsing: bool = True                  # train the parsing branch through D's parsing channels
+    parsing_drop_prob: float = 0.0        # per sample and D call, D's parsing channels zeroed with this chance
     # ViCo (SphereHead §ViCo; details are our choices, see docs/training.md):
     vico_weight: float = 1.0              # 0 disables the term (the ablation)
     vico_min_angle_deg: float = 30.0      # pairs whose camera directions are closer are not negatives
@@ -109,6 +110,19 @@ def shuffled_cameras(c: torch.Tensor, min_angle_deg: float, generator: Optional[
     return c[idx], valid
 
 
+def drop_parsing(parsing: torch.Tensor, prob: float) -> torch.Tensor:
+    """Parsing channels [N, C, H, W] with each sample's map zeroed with probability ``prob``.
+
+    An all-zero map is "no parsing": real and fake samples are dropped alike (one draw per sample and
+    D call, from the global RNG), so D cannot tell them apart by it and must judge the dropped ones by
+    their images. Without this D can learn a head's face layout from the clean one-hot parsing
+    channels alone, and the generator's parsing head satisfies it while the RGB lags
+    (docs/demo_model.md, "50 to 63 kimg"). A multiplication, so R1 and G still get (zero) gradients
+    through the dropped channels."""
+    keep = torch.rand(parsing.shape[0], 1, 1, 1, device=parsing.device) >= prob
+    return parsing * keep.to(parsing.dtype)
+
+
 def _num(t: torch.Tensor) -> float:
     """A detached Python float for the stats dict."""
     return float(t.detach())
@@ -175,9 +189,12 @@ class SphereHeadLoss:
 
     def run_D(self, img: Dict[str, torch.Tensor], c: torch.Tensor, blur: float):
         """D on ``img`` with 'image' blurred; raw images are not blurred here (the real raw target
-        was blurred when it was made, the fake one never is, §6.2)."""
+        was blurred when it was made, the fake one never is, §6.2). With ``parsing_drop_prob`` the
+        parsing channels of each sample are zeroed with that chance (see :func:`drop_parsing`)."""
         img = dict(img)
         img["image"] = blur_images(img["image"], blur)
+        if "image_parsing" in img and self.opts.parsing_drop_prob > 0:
+            img["image_parsing"] = drop_parsing(img["image_parsing"], self.opts.parsing_drop_prob)
         return self.D(img, c)
 
     # ----- phases -----

@@ -3,7 +3,7 @@ training_options.json (train.py builds them from a preset and the command line, 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Dict, Optional, Tuple
 
 from training.loss import LossOptions
@@ -53,6 +53,14 @@ class TrainingOptions:
     def to_dict(self) -> Dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
 
+    @staticmethod
+    def defaults() -> Dict[str, Any]:
+        """The default of every option that has one, nested as in :meth:`to_dict` (loss_opts included):
+        what a run whose training_options.json predates an option ran with."""
+        out = {f.name: f.default for f in fields(TrainingOptions) if f.default is not MISSING}
+        out["loss_opts"] = asdict(LossOptions())
+        return json.loads(json.dumps(out))
+
     def validate(self, world_size: int) -> None:
         """One-line ValueErrors for inconsistent sizes (the CLI shows them as they are)."""
         if self.batch_gpu < 1 or self.batch % (self.batch_gpu * world_size) != 0:
@@ -64,6 +72,9 @@ class TrainingOptions:
                              f"minibatch-std group size {group}")
         if self.total_kimg <= 0 or self.kimg_per_tick <= 0:
             raise ValueError("--kimg and --tick must be positive")
+        if self.loss_opts.parsing_drop_prob > 0 and not self.loss_opts.parsing:
+            raise ValueError(f"--parsing-drop {self.loss_opts.parsing_drop_prob:g} zeroes the discriminator's "
+                             f"parsing channels, but --no-parsing leaves it none: drop one of the two")
         if self.resume_kimg < 0:
             raise ValueError(f"--resume-kimg {self.resume_kimg:g} must not be negative")
         if self.resume_kimg > 0:

@@ -128,7 +128,7 @@ def make_training_options(cfg: str, data: str, *, parsing: bool = True, batch: O
                           seed: int = 0, resume: Optional[str] = None, resume_blur: bool = False,
                           resume_kimg: float = 0.0,
                           vico_weight: float = 1.0, vico_min_angle: float = 30.0, vico_rampup: float = 0.0,
-                          vico_r1: bool = False, gpc_prob: Optional[float] = 0.7, density_reg: float = 0.0,
+                          vico_r1: bool = False, parsing_drop: float = 0.0, gpc_prob: Optional[float] = 0.7, density_reg: float = 0.0,
                           back_repeat: Optional[int] = None, mirror: Optional[bool] = None, nrr: Optional[int] = None,
                           nrr_final: Optional[int] = None, lr_g: Optional[float] = None, lr_d: Optional[float] = None,
                           r1_gamma: Optional[float] = None, metrics: Sequence[str] = (), metrics_num_gen: int = 1000,
@@ -150,7 +150,8 @@ def make_training_options(cfg: str, data: str, *, parsing: bool = True, batch: O
     r1 = _pick(r1_gamma, 1.0)
     loss = LossOptions(**(p.loss_defaults or {}), r1_gamma=r1, nrr_initial=_pick(nrr, p.nrr), nrr_final=nrr_final, gpc_reg_prob=gpc_prob,
                        density_reg=density_reg, parsing=parsing, vico_weight=vico_weight,
-                       vico_min_angle_deg=vico_min_angle, vico_rampup_kimg=vico_rampup, vico_r1=vico_r1)
+                       vico_min_angle_deg=vico_min_angle, vico_rampup_kimg=vico_rampup, vico_r1=vico_r1,
+                       parsing_drop_prob=parsing_drop)
     dataset_kwargs = dict(path=data, resolution=G_kwargs["img_resolution"], use_labels=True,
                           xflip=_pick(mirror, p.mirror), back_repeat=_pick(back_repeat, p.back_repeat),
                           load_masks=True, load_parsing=parsing)

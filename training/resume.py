@@ -96,13 +96,15 @@ def _flat(options: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def changed_options(run_dir: str, options: Dict[str, Any]) -> List[str]:
+def changed_options(run_dir: str, options: Dict[str, Any], defaults: Optional[Dict[str, Any]] = None) -> List[str]:
     """'name: run A, now B' for each option that differs from ``run_dir``'s training_options.json,
     apart from UNMATCHED_OPTIONS and the dataset's path (the same data may be mounted elsewhere);
-    empty when the folder has no such file. Options only one side has are not compared (a run
-    written before an option existed ran with its default). A resume state restores the optimisers'
-    learning rates and the schedules' counters, so continuing it under changed options would
-    silently mix the two (the state's rates under the new file's record)."""
+    empty when the folder has no such file. An option the run's file predates ran with its default:
+    with ``defaults`` (nested like ``options``, e.g. :meth:`TrainingOptions.defaults`) the new value
+    is compared with that default, so a newly added switch cannot be turned on in a continuation
+    unnoticed; options without a known default, and options only the file has, are not compared.
+    A resume state restores the optimisers' learning rates and the schedules' counters, so continuing
+    it under changed options would silently mix the two (the state's rates under the new file's record)."""
     path = os.path.join(run_dir, OPTIONS_FILE)
     if not os.path.isfile(path):
         return []
@@ -111,8 +113,16 @@ def changed_options(run_dir: str, options: Dict[str, Any]) -> List[str]:
     except (OSError, ValueError) as e:
         raise ResumeError(f"{path}: cannot be read as JSON ({e})") from None
     now = _flat(_comparable(options))
-    return [f"{k}: run {json.dumps(before[k])}, now {json.dumps(now[k])}"
-            for k in sorted(set(before) & set(now)) if before[k] != now[k] and k not in UNCHECKED_ON_RESUME]
+    known = _flat(_comparable(defaults or {}))
+    out = []
+    for k in sorted(set(now) - set(UNCHECKED_ON_RESUME)):
+        if k in before:
+            if before[k] != now[k]:
+                out.append(f"{k}: run {json.dumps(before[k])}, now {json.dumps(now[k])}")
+        elif k in known and known[k] != now[k]:
+            out.append(f"{k}: run {json.dumps(known[k])} (the default; the run predates the option), "
+                       f"now {json.dumps(now[k])}")
+    return out
 
 
 def new_run_dir(outdir: str, desc: str) -> str:

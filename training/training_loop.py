@@ -198,7 +198,8 @@ class Trainer:
         if o.resume == "latest":
             # The options first: refusing should not cost a load of the state.
             has_states = self.rank == 0 and bool(resume_io.state_files(self.run_dir))
-            changed = dist.broadcast_object(resume_io.changed_options(self.run_dir, o.to_dict()) if has_states else None)
+            changed = dist.broadcast_object(
+                resume_io.changed_options(self.run_dir, o.to_dict(), o.defaults()) if has_states else None)
             if changed:
                 raise resume_io.ResumeError(
                     f"{os.path.join(self.run_dir, resume_io.OPTIONS_FILE)}: --resume latest continues this run "
