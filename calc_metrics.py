@@ -70,7 +70,7 @@ def results_folder(network: str) -> str:
 @click.option("--data", required=True, type=click.Path(path_type=str), help="Dataset folder or zip (with labels).")
 @click.option("--metrics", "metric_names", default="fid",
               help="Comma-separated: fid, kid, fid-bins, kid-bins, artifact-rate, face-rate-bins, "
-                   "parsing-face-rate-bins.")
+                   "parsing-face-rate-bins, face-part-agreement.")
 @click.option("--num-gen", type=click.IntRange(min=2), default=50000, help="Generated images per metric (per bin).")
 @click.option("--features", type=click.Choice(["inception", "parsing"]), default="inception",
               help="Feature net of FID/KID: the standard Inception, or a net trained on the dataset's parsing "

@@ -150,7 +150,7 @@ def _prepare(cfg, data, run_dir, outdir, gpus, resume, **overrides):
               help="R1 weight on image + raw image (mask and parsing stay at 1)  [default: 1]")
 @click.option("--metrics", type=MetricList(), default="",
               help="Metrics computed at each snapshot, comma-separated (fid, kid, fid-bins, kid-bins, artifact-rate, face-rate-bins, "
-                   "parsing-face-rate-bins); "
+                   "parsing-face-rate-bins, face-part-agreement); "
                    "see docs/metrics.md  [default: none]")
 @click.option("--metrics-num-gen", type=click.IntRange(min=2), default=1000,
               help="Generated images per metric (per yaw bin for the -bins metrics).")

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 
 import spherehead
@@ -415,6 +416,81 @@ def test_parsing_face_rates_known_answers(small_set):
         artifacts.parsing_face_rates(flat(eye), HeadDataset(small_set, load_parsing=False), num_gen=1)
 
 
+def test_face_part_agreement_known_answers():
+    f = torch.zeros(2, 4, 4)
+    f[0, 1, 1], f[1, 2, 3] = 1.0, 0.5
+    assert artifacts.face_part_agreement(f, f) == pytest.approx(1.0)
+    assert artifacts.face_part_agreement(0.3 * f, f) == pytest.approx(1.0)   # scale-free
+    assert artifacts.face_part_agreement(f.roll(1, 2), f) == 0.0               # never where the maps put parts
+    assert artifacts.face_part_agreement(torch.zeros_like(f), f) == 0.0
+    half = f.clone()
+    half[1] = 0
+    assert artifacts.face_part_agreement(half, f) == pytest.approx(1 / 1.25 ** 0.5)   # 1 / |f|, |f|² = 1.25
+    maps = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    maps[0, :2, :2] = artifacts.CLASS_INDEX["l_eye"]
+    maps[0, 4, 4] = artifacts.CLASS_INDEX["hair"]
+    cells = artifacts.face_part_fractions(maps, 4)
+    assert cells[0, 0, 0] == 1.0 and float(cells.sum()) == 1.0
+    assert torch.equal(artifacts.face_part_map(maps[0].numpy(), 4), cells[0])
+
+
+class PaintedDetector(torch.nn.Module):
+    """Stand-in detector for :func:`painted`'s images: the face-part fraction of each 4×4 cell, exactly
+    (logits ±inf where it is 0 or 1)."""
+
+    def forward(self, images):
+        return torch.logit(F.avg_pool2d(images[:, 0].float()[:, None] / 255, 4)[:, 0])
+
+
+def painted(render):
+    """An image renderer that paints the face-part pixels of ``render``'s class maps white, the rest black."""
+    def image(cameras, gen):
+        mask = torch.isin(render(cameras, gen).long(), torch.tensor(artifacts.DETECTOR_CLASSES))
+        return (mask[:, None].expand(-1, 3, -1, -1) * 255).to(torch.uint8)
+    return image
+
+
+def test_face_part_agreement_pipeline(small_set):
+    """Images that show exactly the face parts of the same heads' parsing maps agree fully (1), images of
+    the back of those heads not at all (0), and images of other heads (the image renderer ignoring the
+    metric's generator) only partly: the two renderers must draw the same heads. The reals' values are
+    computed once per detector and kept in the caller's dict."""
+    ds = HeadDataset(small_set, xflip=False)
+    parsing = head_renderer(False, 32, parsing=True)
+    det = PaintedDetector()
+    kept = {}
+    same = artifacts.face_part_agreement_rates(painted(parsing), parsing, ds, det, num_gen=6, reals=kept)
+    assert same["face_part_agreement_front"] == pytest.approx(1.0) and \
+        same["face_part_agreement_side"] == pytest.approx(1.0), same
+    back = artifacts.face_part_agreement_rates(painted(head_renderer(True, 32, parsing=True)), parsing, ds, det,
+                                               num_gen=6, reals=kept)
+    assert back["face_part_agreement_front"] == 0.0, back
+    other = painted(lambda c, gen: parsing(c, torch.Generator().manual_seed(123)))
+    mixed = artifacts.face_part_agreement_rates(other, parsing, ds, det, num_gen=6, reals=kept)
+    assert 0.0 < mixed["face_part_agreement_front"] < 0.9, mixed
+    assert len(kept) == 1 and sorted(next(iter(kept.values()))) == \
+        ["real_face_part_agreement_front", "real_face_part_agreement_side"]
+    reals = {k: v for k, v in same.items() if k.startswith("real_")}
+    assert reals == next(iter(kept.values())) and all(0.0 <= v <= 1.0 for v in reals.values())
+    with pytest.raises(MetricError, match="parsing renderer"):
+        compute_metric("face-part-agreement", painted(parsing), ds, num_gen=2)
+    with pytest.raises(MetricError, match="parsing maps"):
+        artifacts.face_part_agreement_rates(painted(parsing), parsing, HeadDataset(small_set, load_parsing=False),
+                                            det, num_gen=1)
+
+
+def test_calc_metrics_cli_face_part_agreement(small_set, tiny_network, tmp_path):
+    args = ["--network", tiny_network, "--data", small_set, "--metrics", "face-part-agreement", "--num-gen", "2",
+            "--detector-steps", "3", "--cache", str(tmp_path), "--device", "cpu", "--no-save"]
+    result = CliRunner().invoke(calc_metrics.main, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output.splitlines()[-1])
+    assert record["metric"] == "face-part-agreement" and record["results"]["detector"]["heldout_images"] > 0
+    assert sorted(k for k in record["results"] if k != "detector") == sorted(
+        f"{p}face_part_agreement_{b}" for p in ("", "real_") for b in ("front", "side"))
+    assert all(0.0 <= v <= 1.0 for k, v in record["results"].items() if k != "detector")
+
+
 def test_resized_parsing_is_what_the_discriminator_sees():
     """A block of a class keeps its class when the map is resized; a one-pixel speck of another class in it
     is averaged away at a quarter of the size, as in the real parsing the loss gives D."""
@@ -485,3 +561,11 @@ def test_artifact_detector_accuracy_and_rates(tmp_path):
     none = artifacts.face_rates(head_renderer(False, faceless=True), ds, model, num_gen=48)
     assert none["face_rate_front"] <= 0.25 and max(none["face_rate_side"], none["face_rate_back"]) <= 0.1, none
     assert report["heldout_erased_accuracy"] >= 0.85 and report["erased_images"] > 0, report
+    # face-part-agreement: the detector on the stand-in's images against the same heads' parsing maps is
+    # close to the reals' value; faceless images of those heads against the same maps are far below.
+    maps = head_renderer(False, parsing=True)
+    agree = artifacts.face_part_agreement_rates(head_renderer(False), maps, ds, model, num_gen=24)
+    blank = artifacts.face_part_agreement_rates(head_renderer(False, faceless=True), maps, ds, model, num_gen=24)
+    # Measured on one thread: 0.774 / 0.715 (front / side) against the reals' 0.869 / 0.882; faceless 0.097 / 0.159.
+    assert agree["face_part_agreement_front"] >= 0.6 and blank["face_part_agreement_front"] <= 0.3, (agree, blank)
+    assert agree["face_part_agreement_front"] >= agree["real_face_part_agreement_front"] - 0.2, agree

@@ -466,6 +466,8 @@ def test_metric_that_cannot_run_stops_the_start(heads, tmp_path):
                     "missing.pt")
     # the generator-parsing metric on a run without the parsing branch
     assert_user_error(_cli(base + ["--no-parsing", "--metrics", "parsing-face-rate-bins"]), "without the parsing branch")
+    assert_user_error(_cli(base + ["--no-parsing", "--metrics", "fid,face-part-agreement"]),
+                      "face-part-agreement read(s) the generator's parsing maps")
     assert not list((tmp_path / "runs").glob("*/network-snapshot-*"))   # no training happened
 
 

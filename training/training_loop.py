@@ -460,7 +460,8 @@ class Trainer:
         from training.metrics import MetricError, needs_generator_parsing
         from training.metrics.runner import MetricRunner
         if needs_generator_parsing(o.metrics) and not o.G_kwargs.get("parsing_flag", False):
-            raise MetricError(f"--metrics {','.join(o.metrics)}: parsing-face-rate-bins reads the generator's "
+            which = ", ".join(n for n in o.metrics if needs_generator_parsing([n]))
+            raise MetricError(f"--metrics {','.join(o.metrics)}: {which} read(s) the generator's "
                               "parsing maps, and this run trains without the parsing branch")
         return MetricRunner(o.metrics, o.metrics_data or o.dataset_kwargs["path"], self.device,
                             num_gen=o.metrics_num_gen, features=o.metrics_features, seed=o.seed)

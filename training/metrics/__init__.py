@@ -1,5 +1,6 @@
 """Metrics of a generator against a head dataset: FID/KID (all views or yaw bins), the artifact rate,
-the face-part detector's rate per yaw bin, and the face-part rate of the generator's own parsing maps.
+the face-part detector's rate per yaw bin, the face-part rate of the generator's own parsing maps, and
+how well the image's face parts agree with them.
 
 :func:`compute_metric` is what ``calc_metrics.py`` and a training loop call, with the feature net from
 :func:`load_feature_net`; see docs/metrics.md.
@@ -23,10 +24,12 @@ METRICS = {
     "face-rate-bins": "the same detector's positive rate per yaw bin (front, side, back as fid-bins)",
     "parsing-face-rate-bins": "per yaw bin, the fraction of renders whose own parsing map (the generator's "
                               "parsing branch) shows face parts, beside the reals' (no detector)",
+    "face-part-agreement": "front and side views: how well the detector's face parts in the image match "
+                           "the generator's own parsing map (cosine, 1 = exactly), beside the reals'",
 }
 _FEATURE_METRICS = ("fid", "kid", "fid-bins", "kid-bins")
-_DETECTOR_METRICS = ("artifact-rate", "face-rate-bins")
-_GENERATOR_PARSING_METRICS = ("parsing-face-rate-bins",)   # read the generator's parsing maps
+_DETECTOR_METRICS = ("artifact-rate", "face-rate-bins", "face-part-agreement")
+_GENERATOR_PARSING_METRICS = ("parsing-face-rate-bins", "face-part-agreement")   # read the generator's parsing maps
 
 # load_feature_net spec of the net trained on the dataset's parsing maps (training.metrics.parsing_features);
 # any other spec names the Inception (path, URL, or None for the cached default).
@@ -100,20 +103,23 @@ def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: i
     FID/KID need ``feature_net`` (:func:`load_feature_net`) and add ``features``: the net's ``name``
     ('inception', 'parsing', or 'custom' for a callable without one), plus ``feature_net``, its report,
     when it has one — so a parsing-feature FID is never mistaken for an Inception FID. The detector metrics
-    (artifact-rate, face-rate-bins) need ``dataset_path`` (their detector's cache key).
+    (artifact-rate, face-rate-bins, face-part-agreement) need ``dataset_path`` (their detector's cache key).
 
     ``reals`` (:func:`training.metrics.fid.real_features` of ``dataset``) and ``detector`` (the
     ``(detector, report)`` of :func:`training.metrics.artifacts.load_or_train_detector`) let a caller
     that scores several generators compute them once (:class:`training.metrics.runner.MetricRunner`).
-    parsing-face-rate-bins needs ``parsing_renderer`` (``fid.generator_renderer(G, device, output='parsing')``);
-    ``parsing_reals`` is the dict in which it keeps the reals' rates across generators
-    (:func:`training.metrics.artifacts.parsing_face_rates`).
+    parsing-face-rate-bins and face-part-agreement need ``parsing_renderer``
+    (``fid.generator_renderer(G, device, output='parsing')``); ``parsing_reals`` is the dict in which they
+    keep what they compute from the reals across generators (:func:`training.metrics.artifacts.parsing_face_rates`,
+    :func:`training.metrics.artifacts.face_part_agreement_rates`).
     """
     from training.metrics import artifacts, fid
     if name not in METRICS:
         raise MetricError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
     start = time.time()
     extra: Dict[str, Any] = {}
+    if name in _GENERATOR_PARSING_METRICS and parsing_renderer is None:
+        raise MetricError(f"{name} needs the generator's parsing maps (a parsing renderer)")
     if name in _FEATURE_METRICS:
         if feature_net is None:
             raise MetricError(f"metric {name} needs a feature network (--inception, or --features parsing)")
@@ -123,11 +129,9 @@ def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: i
         bins = ("all",) if not name.endswith("-bins") else ("front", "side", "back")
         results = fid.fid_kid(renderer, dataset, feature_net, bins, kinds=[name.split("-")[0]], num_gen=num_gen,
                               seed=seed, batch=batch, reals=reals)
-    elif name in _GENERATOR_PARSING_METRICS:
-        if parsing_renderer is None:
-            raise MetricError(f"{name} needs the generator's parsing maps (a parsing renderer)")
-        results = artifacts.parsing_face_rates(parsing_renderer, dataset, num_gen, seed, batch=batch,
-                                               reals=parsing_reals)
+    elif name == "parsing-face-rate-bins":
+        results = artifacts.parsing_face_rates(parsing_renderer, dataset, num_gen, seed,
+                                               batch=batch, reals=parsing_reals)
     else:
         if detector is None:
             if dataset_path is None:
@@ -135,8 +139,12 @@ def compute_metric(name: str, renderer, dataset, *, feature_net=None, num_gen: i
             detector = artifacts.load_or_train_detector(dataset, dataset_path,
                                                         detector_options or artifacts.DetectorOptions(), cache)
         detector, report = detector
-        rate = artifacts.artifact_rate if name == "artifact-rate" else artifacts.face_rates
-        results = rate(renderer, dataset, detector, num_gen, seed, batch=batch)
+        if name == "face-part-agreement":
+            results = artifacts.face_part_agreement_rates(renderer, parsing_renderer, dataset,
+                                                          detector, num_gen, seed, batch=batch, reals=parsing_reals)
+        else:
+            rate = artifacts.artifact_rate if name == "artifact-rate" else artifacts.face_rates
+            results = rate(renderer, dataset, detector, num_gen, seed, batch=batch)
         results["detector"] = report
     return {"metric": name, "results": results, "num_gen": num_gen, "seed": seed,
             "seconds": round(time.time() - start, 2), **extra}

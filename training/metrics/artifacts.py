@@ -18,7 +18,9 @@ the training options, so it is trained once per dataset (:mod:`training.metrics.
 with the parsing feature net).
 
 :func:`parsing_face_rates` counts the same face-part classes in the generator's own parsing maps instead
-(no detector; a model with the parsing branch says itself where it puts a face).
+(no detector; a model with the parsing branch says itself where it puts a face), and
+:func:`face_part_agreement_rates` asks whether the detector finds face parts in the image where the
+generator's parsing map puts them.
 """
 from __future__ import annotations
 
@@ -102,7 +104,13 @@ def _face_part_mask(parsing: np.ndarray) -> torch.Tensor:
 
 def face_part_map(parsing: np.ndarray, cells: int) -> torch.Tensor:
     """Fraction float32 [cells, cells] of each cell of the parsing map [H, W] that is a face part."""
-    return F.adaptive_avg_pool2d(_face_part_mask(parsing), cells)[0, 0]
+    return face_part_fractions(torch.from_numpy(np.ascontiguousarray(parsing))[None], cells)[0]
+
+
+def face_part_fractions(parsing: torch.Tensor, cells: int) -> torch.Tensor:
+    """Fraction float32 [N, cells, cells] of each cell of the class maps [N, H, W] that is a face part."""
+    mask = torch.isin(parsing.long(), torch.tensor(DETECTOR_CLASSES)).float()[:, None]
+    return F.adaptive_avg_pool2d(mask, cells)[:, 0]
 
 
 def face_part_pixels(parsing: np.ndarray, resolution: int) -> torch.Tensor:
@@ -347,3 +355,78 @@ def parsing_face_rates(parsing_renderer: Renderer, dataset, num_gen: int = 1000,
     if (resolution, min_fraction) not in reals:
         reals[resolution, min_fraction] = real_parsing_face_rates(dataset, resolution, min_fraction)
     return {**results, **reals[resolution, min_fraction]}
+
+
+# ----- does the image show the face that the generator's own parsing map lays out? -----
+
+AGREEMENT_BINS = ("front", "side")   # the back has no face parts to agree on
+
+
+def face_part_agreement(probs: torch.Tensor, fractions: torch.Tensor) -> float:
+    """Cosine similarity of the detector's face-part cell probabilities [N, h, w] and the parsing maps'
+    face-part cell fractions [N, h, w], pooled over every cell of every image: 1 when the detector finds
+    face parts in the image exactly where (and in proportion to how much) the maps put them, 0 when only
+    where they put none. Scale-free, so the detector's uncalibrated probabilities do not matter; 0 when
+    either side is all zero."""
+    den = (probs.double().square().sum() * fractions.double().square().sum()).sqrt()
+    return float((probs.double() * fractions.double()).sum() / den) if den > 0 else 0.0
+
+
+def _cell_probs(detector: FacePartDetector, images: torch.Tensor, batch: int) -> torch.Tensor:
+    """Face-part probabilities [N, r/4, r/4] of images [N, 3, H, W]."""
+    with torch.no_grad():
+        return torch.cat([torch.sigmoid(detector(x)) for x in images.split(batch)])
+
+
+def real_face_part_agreement(dataset, detector: FacePartDetector, batch: int = 256) -> Dict[str, float]:
+    """``real_face_part_agreement_<bin>``: :func:`face_part_agreement` of the dataset's own images and
+    parsing maps per bin of :data:`AGREEMENT_BINS`, the value a generator whose images match its parsing
+    as well as the reals match theirs would reach."""
+    require_parsing(dataset, "face-part-agreement (the reals' agreement)")
+    labels = dataset_labels(dataset)
+    results = {}
+    for name in AGREEMENT_BINS:
+        items = [dataset[int(i)] for i in np.flatnonzero(_bin_mask(labels, name))]
+        probs = _cell_probs(detector, torch.from_numpy(np.stack([it["image"] for it in items])), batch)
+        maps = torch.from_numpy(np.stack([it["parsing"] for it in items]))
+        results[f"real_face_part_agreement_{name}"] = face_part_agreement(
+            probs, face_part_fractions(maps, probs.shape[-1]))
+    return results
+
+
+def face_part_agreement_rates(renderer: Renderer, parsing_renderer: Renderer, dataset, detector: FacePartDetector,
+                              num_gen: int = 1000, seed: int = 0, batch: int = 32,
+                              reals: Optional[Dict] = None) -> Dict[str, float]:
+    """Per yaw bin of :data:`AGREEMENT_BINS`, ``face_part_agreement_<bin>``: :func:`face_part_agreement`
+    between the face-part detector on ``num_gen`` rendered images and the same heads' own parsing maps
+    (``parsing_renderer``, ``fid.generator_renderer(..., output='parsing')``); beside it the reals' value
+    (:func:`real_face_part_agreement`).
+
+    parsing-face-rate-bins shows whether the parsing branch lays out a face; this shows whether the
+    picture draws it there: a generator can satisfy the discriminator's parsing channels with a face
+    layout while its image shows skin (docs/metrics.md). Both renderers get a copy of the same
+    torch.Generator and calls of at most ``batch`` cameras, so they draw the same latents and ray
+    jitter: the same heads, as long as their own batch is at least ``batch``. Cameras and latents are
+    drawn as in :func:`face_rates`.
+
+    ``reals``: a dict the caller keeps across generators; the reals' values are stored in it by the
+    detector's weights digest and computed once for each detector."""
+    from training.metrics.dataset_nets import weights_digest
+    require_parsing(dataset, "face-part-agreement (the reals' agreement)")
+    labels = dataset_labels(dataset)
+    results = {}
+    for name in AGREEMENT_BINS:
+        gen = torch.Generator().manual_seed(bin_seed(seed, name))
+        cams = sample_cameras(labels[_bin_mask(labels, name)], num_gen, gen)
+        twin = torch.Generator()
+        twin.set_state(gen.get_state())
+        probs, fractions = [], []
+        for c in cams.split(batch):
+            probs.append(_cell_probs(detector, renderer(c, gen), batch))
+            fractions.append(face_part_fractions(parsing_renderer(c, twin), probs[-1].shape[-1]))
+        results[f"face_part_agreement_{name}"] = face_part_agreement(torch.cat(probs), torch.cat(fractions))
+    reals = {} if reals is None else reals
+    key = ("face-part-agreement", weights_digest(detector))
+    if key not in reals:
+        reals[key] = real_face_part_agreement(dataset, detector)
+    return {**results, **reals[key]}

@@ -5,8 +5,8 @@
 work), then :meth:`MetricRunner.run` scores a generator and returns one record per metric.
 
 What does not depend on the generator is computed at the first :meth:`~MetricRunner.run` and kept:
-the dataset's features (shared by fid, kid and their yaw bins), the artifact detector and the reals'
-parsing face rates. A training loop that scores every snapshot pays for them once.
+the dataset's features (shared by fid, kid and their yaw bins), the artifact detector, the reals'
+parsing face rates and their face-part agreement. A training loop that scores every snapshot pays for them once.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class MetricRunner:
             if needs_features(self.names) else None
         self._reals = None      # fid.real_features(dataset, feature_net): (features, labels)
         self._detector = None   # artifacts.load_or_train_detector(...): (detector, report)
-        self._parsing_reals = {}   # artifacts.parsing_face_rates' reals' rates, by map resolution
+        self._parsing_reals = {}   # the reals' parsing face rates (by map size) and face-part agreement (by detector)
 
     def run(self, G) -> List[Dict[str, Any]]:
         """One record per metric (``metric``, ``results``, ``num_gen``, ``seed``, ``seconds``, ``data``)."""
