@@ -369,6 +369,12 @@ def test_calc_metrics_cli_artifact_rate(small_set, tiny_network, tmp_path):
         ["face_rate_back", "face_rate_front", "face_rate_side"]
     assert all(bins["results"][k] in (0.0, 0.5, 1.0) for k in ("face_rate_back", "face_rate_front", "face_rate_side"))
     assert os.listdir(tmp_path / "detectors")
+    agree = json.loads(CliRunner().invoke(calc_metrics.main, args[:5] + ["face-part-agreement"] + args[6:]).output
+                       .splitlines()[-1])
+    assert agree["metric"] == "face-part-agreement" and agree["results"]["detector"]["cached"] is True
+    assert sorted(k for k in agree["results"] if k != "detector") == sorted(
+        f"{p}face_part_agreement_{b}" for p in ("", "real_") for b in ("front", "side"))
+    assert all(0.0 <= v <= 1.0 for k, v in agree["results"].items() if k != "detector")
 
 
 def test_parsing_face_rates_known_answers(small_set):
@@ -477,18 +483,6 @@ def test_face_part_agreement_pipeline(small_set):
     with pytest.raises(MetricError, match="parsing maps"):
         artifacts.face_part_agreement_rates(painted(parsing), parsing, HeadDataset(small_set, load_parsing=False),
                                             det, num_gen=1)
-
-
-def test_calc_metrics_cli_face_part_agreement(small_set, tiny_network, tmp_path):
-    args = ["--network", tiny_network, "--data", small_set, "--metrics", "face-part-agreement", "--num-gen", "2",
-            "--detector-steps", "3", "--cache", str(tmp_path), "--device", "cpu", "--no-save"]
-    result = CliRunner().invoke(calc_metrics.main, args)
-    assert result.exit_code == 0, result.output
-    record = json.loads(result.output.splitlines()[-1])
-    assert record["metric"] == "face-part-agreement" and record["results"]["detector"]["heldout_images"] > 0
-    assert sorted(k for k in record["results"] if k != "detector") == sorted(
-        f"{p}face_part_agreement_{b}" for p in ("", "real_") for b in ("front", "side"))
-    assert all(0.0 <= v <= 1.0 for k, v in record["results"].items() if k != "detector")
 
 
 def test_resized_parsing_is_what_the_discriminator_sees():
