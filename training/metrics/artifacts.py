@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from spherehead.camera import camera_yaw_pitch
-from training.metrics.dataset_nets import CellEncoder, fit, heldout_split, load_or_train, load_parsed_set, require_parsing
+from training.metrics.dataset_nets import (CellEncoder, fit, heldout_split, load_or_train, load_parsed_set,
+                                          require_parsing, weights_digest)
 from training.metrics.features import MetricError
 from training.metrics.fid import Renderer, bin_seed, dataset_labels, sample_cameras, yaw_bin_mask
 from spherehead.networks.discriminator import resize_to
@@ -405,13 +406,13 @@ def face_part_agreement_rates(renderer: Renderer, parsing_renderer: Renderer, da
     parsing-face-rate-bins shows whether the parsing branch lays out a face; this shows whether the
     picture draws it there: a generator can satisfy the discriminator's parsing channels with a face
     layout while its image shows skin (docs/metrics.md). Both renderers get a copy of the same
-    torch.Generator and calls of at most ``batch`` cameras, so they draw the same latents and ray
-    jitter: the same heads, as long as their own batch is at least ``batch``. Cameras and latents are
+    torch.Generator and the same calls, so they draw the same latents and ray jitter, i.e. the same
+    heads, provided they split a call into batches alike (``generator_renderer`` with the same
+    ``batch``, as :class:`~training.metrics.runner.MetricRunner` builds them). Cameras and latents are
     drawn as in :func:`face_rates`.
 
     ``reals``: a dict the caller keeps across generators; the reals' values are stored in it by the
     detector's weights digest and computed once for each detector."""
-    from training.metrics.dataset_nets import weights_digest
     require_parsing(dataset, "face-part-agreement (the reals' agreement)")
     labels = dataset_labels(dataset)
     results = {}
