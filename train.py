@@ -90,7 +90,7 @@ def _prepare(cfg, data, run_dir, outdir, gpus, resume, **overrides):
     if run_dir is None:
         if outdir is None:
             raise click.ClickException("give --outdir (runs go to OUTDIR/ID-CFG-DATASET) or --run-dir")
-        run_dir = find_run_dir(outdir, f"{cfg}-{dataset.name}", opts.to_dict(), opts.resume) \
+        run_dir = find_run_dir(outdir, f"{cfg}-{dataset.name}", opts.to_dict(), opts.resume, opts.defaults()) \
             if dist.get_rank() == 0 else None
         run_dir = dist.broadcast_object(run_dir)
     return opts, run_dir, (dataset.name, len(dataset))

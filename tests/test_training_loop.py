@@ -421,6 +421,13 @@ def test_cli_dry_run_and_run_folder_rule(heads, tmp_path):
     assert "00001-tiny-128-heads" in _cli(args).output   # no --resume: always a new folder
     # the metric options do not change the training, so they do not split a run either
     assert f"{run}\n" in _cli(args + ["--resume", "latest", "--metrics", "artifact-rate"]).output
+    # a folder whose file predates an option matches while the option keeps its default (the command of an
+    # older version still finds its run after an upgrade), and not once the option is turned on
+    older = dict(opts, total_kimg=99.0, resume="latest", launch={})
+    older["loss_opts"] = {k: v for k, v in opts["loss_opts"].items() if k != "parsing_drop_prob"}
+    (run / "training_options.json").write_text(json.dumps(older))
+    assert f"{run}\n" in _cli(args + ["--resume", "latest"]).output
+    assert "00001-tiny-128-heads" in _cli(args + ["--resume", "latest", "--parsing-drop", "0.5"]).output
 
 
 # ------------------------------------------------------------------------------ metrics in the loop

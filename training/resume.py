@@ -5,7 +5,8 @@ is rerun.
   folder whose ``training_options.json`` equals the new options when resuming from 'latest', ignoring
   ``total_kimg`` (a run is extended by rerunning it with a larger ``--kimg``), ``resume`` (a crashed
   run or fine-tune is continued by rerunning it with ``--resume latest``) and ``launch`` (processes and
-  device may change); otherwise it creates the next id.
+  device may change), an option the file predates counting as its default; otherwise it creates the
+  next id.
 * ``--resume latest`` in a folder whose ``training_options.json`` differs from the new options in
   anything else (learning rates, loss weights, batch, ...) is refused by :func:`changed_options`:
   the resume state would restore the old optimiser settings under the new file's record.
@@ -68,18 +69,20 @@ def _stored_options(run_dir: str) -> Dict[str, Any]:
         return _comparable(json.load(f))
 
 
-def matching_run_dir(outdir: str, options: Dict[str, Any]) -> Optional[str]:
-    """Newest ``{id}-*`` folder of ``outdir`` whose training_options.json matches ``options``."""
+def matching_run_dir(outdir: str, options: Dict[str, Any], defaults: Optional[Dict[str, Any]] = None) -> Optional[str]:
+    """Newest ``{id}-*`` folder of ``outdir`` whose training_options.json matches ``options`` by the rule of
+    :func:`changed_options` (an option the file predates matches when ``options`` has its default), except
+    that the dataset's path must match too."""
     if not os.path.isdir(outdir):
         return None
-    want = _comparable(options)
+    now, known = _flat(_comparable(options)), _flat(_comparable(defaults or {}))
     found = []
     for name in os.listdir(outdir):
         run_id, path = _run_id(name), os.path.join(outdir, name)
         if run_id is None or not os.path.isfile(os.path.join(path, OPTIONS_FILE)):
             continue
         try:
-            if _stored_options(path) == want:
+            if not _differences(_flat(_stored_options(path)), now, known):
                 found.append((run_id, path))
         except (OSError, ValueError):
             continue
@@ -112,10 +115,15 @@ def changed_options(run_dir: str, options: Dict[str, Any], defaults: Optional[Di
         before = _flat(_stored_options(run_dir))
     except (OSError, ValueError) as e:
         raise ResumeError(f"{path}: cannot be read as JSON ({e})") from None
-    now = _flat(_comparable(options))
-    known = _flat(_comparable(defaults or {}))
+    return _differences(before, _flat(_comparable(options)), _flat(_comparable(defaults or {})),
+                        skip=UNCHECKED_ON_RESUME)
+
+
+def _differences(before: Dict[str, Any], now: Dict[str, Any], known: Dict[str, Any], skip=()) -> List[str]:
+    """'name: run A, now B' for each flat option of ``now`` that differs from ``before`` (a run's file) or,
+    when the file predates it, from its default in ``known``; options neither has a value for are skipped."""
     out = []
-    for k in sorted(set(now) - set(UNCHECKED_ON_RESUME)):
+    for k in sorted(set(now) - set(skip)):
         if k in before:
             if before[k] != now[k]:
                 out.append(f"{k}: run {json.dumps(before[k])}, now {json.dumps(now[k])}")
@@ -131,10 +139,12 @@ def new_run_dir(outdir: str, desc: str) -> str:
     return os.path.join(outdir, f"{max(ids, default=-1) + 1:05d}-{desc}")
 
 
-def find_run_dir(outdir: str, desc: str, options: Dict[str, Any], resume: Optional[str]) -> str:
-    """The run folder for these options: a matching existing one when ``resume == 'latest'``, else a new one."""
+def find_run_dir(outdir: str, desc: str, options: Dict[str, Any], resume: Optional[str],
+                 defaults: Optional[Dict[str, Any]] = None) -> str:
+    """The run folder for these options: a matching existing one when ``resume == 'latest'``, else a new one
+    (``defaults``: see :func:`matching_run_dir`)."""
     if resume == "latest":
-        found = matching_run_dir(outdir, options)
+        found = matching_run_dir(outdir, options, defaults)
         if found is not None:
             return found
     return new_run_dir(outdir, desc)
