@@ -86,21 +86,23 @@ class FacePartDetector(CellEncoder):
         return self.score(images) >= self.threshold
 
 
+def face_part_mask(parsing) -> torch.Tensor:
+    """bool, the shape of the class map(s) ``parsing`` (tensor or numpy array): where they are of
+    :data:`DETECTOR_CLASSES`."""
+    if isinstance(parsing, np.ndarray):
+        parsing = torch.from_numpy(np.ascontiguousarray(parsing))
+    return torch.isin(parsing.long(), torch.tensor(DETECTOR_CLASSES))
+
+
 def face_part_flags(parsing: torch.Tensor, min_fraction: float) -> torch.Tensor:
     """bool [N]: at least ``min_fraction`` of the parsing map (class indices [N, H, W]) is of
     :data:`DETECTOR_CLASSES`."""
-    parts = torch.isin(parsing.long(), torch.tensor(DETECTOR_CLASSES)).flatten(1).sum(1)
-    return parts >= min_fraction * parsing[0].numel()
+    return face_part_mask(parsing).flatten(1).sum(1) >= min_fraction * parsing[0].numel()
 
 
 def face_part_target(parsing: np.ndarray, min_fraction: float) -> bool:
     """True when at least ``min_fraction`` of the parsing map [H, W] is of :data:`DETECTOR_CLASSES`."""
     return bool(face_part_flags(torch.from_numpy(np.ascontiguousarray(parsing))[None], min_fraction)[0])
-
-
-def _face_part_mask(parsing: np.ndarray) -> torch.Tensor:
-    """float32 [1, 1, H, W]: 1 where the parsing map [H, W] is of :data:`DETECTOR_CLASSES`."""
-    return torch.from_numpy(np.isin(parsing, DETECTOR_CLASSES).astype(np.float32))[None, None]
 
 
 def face_part_map(parsing: np.ndarray, cells: int) -> torch.Tensor:
@@ -110,14 +112,13 @@ def face_part_map(parsing: np.ndarray, cells: int) -> torch.Tensor:
 
 def face_part_fractions(parsing: torch.Tensor, cells: int) -> torch.Tensor:
     """Fraction float32 [N, cells, cells] of each cell of the class maps [N, H, W] that is a face part."""
-    mask = torch.isin(parsing.long(), torch.tensor(DETECTOR_CLASSES)).float()[:, None]
-    return F.adaptive_avg_pool2d(mask, cells)[:, 0]
+    return F.adaptive_avg_pool2d(face_part_mask(parsing).float()[:, None], cells)[:, 0]
 
 
 def face_part_pixels(parsing: np.ndarray, resolution: int) -> torch.Tensor:
     """bool [resolution, resolution]: the pixels at ``resolution`` that any face-part pixel of the parsing map
     [H, W] falls in, grown by one pixel (the resized image spreads each part's colour a little)."""
-    mask = F.adaptive_max_pool2d(_face_part_mask(parsing), resolution)
+    mask = F.adaptive_max_pool2d(face_part_mask(parsing).float()[None, None], resolution)
     return F.max_pool2d(mask, 3, stride=1, padding=1)[0, 0] > 0
 
 
@@ -265,11 +266,9 @@ def face_rates(renderer: Renderer, dataset, detector: FacePartDetector, num_gen:
     labels = dataset_labels(dataset)
     results = {}
     for name in ("front", "side", "back"):
-        cams = labels[yaw_bin_mask(labels, name)]
-        if cams.shape[0] == 0:
-            raise MetricError(f"the dataset has no cameras in yaw bin {name!r}")
         gen = torch.Generator().manual_seed(bin_seed(seed, name))
-        results[f"face_rate_{name}"] = _flagged_fraction(renderer, cams, detector, num_gen, gen, batch)
+        results[f"face_rate_{name}"] = _flagged_fraction(renderer, labels[_bin_mask(labels, name)], detector,
+                                                         num_gen, gen, batch)
     return results
 
 
@@ -305,6 +304,13 @@ def _bin_mask(labels: torch.Tensor, name: str) -> np.ndarray:
     if not mask.any():
         raise MetricError(f"the dataset has no cameras in yaw bin {name!r}")
     return mask
+
+
+def _bin_draw(labels: torch.Tensor, name: str, num_gen: int, seed: int):
+    """(cameras [num_gen, 25] drawn from the labels of yaw bin ``name``, the torch.Generator that drew
+    them): the bin's seed, as :func:`face_rates` draws, so the per-bin metrics render the same heads."""
+    gen = torch.Generator().manual_seed(bin_seed(seed, name))
+    return sample_cameras(labels[_bin_mask(labels, name)], num_gen, gen), gen
 
 
 def _rates(maps: torch.Tensor, prefix: str, name: str, min_fraction: float) -> Dict[str, float]:
@@ -347,8 +353,7 @@ def parsing_face_rates(parsing_renderer: Renderer, dataset, num_gen: int = 1000,
     labels = dataset_labels(dataset)
     results, resolution = {}, None
     for name in ("front", "side", "back"):
-        gen = torch.Generator().manual_seed(bin_seed(seed, name))
-        cams = sample_cameras(labels[_bin_mask(labels, name)], num_gen, gen)
+        cams, gen = _bin_draw(labels, name, num_gen, seed)
         fakes = torch.cat([parsing_renderer(c, gen) for c in cams.split(batch)])
         results.update(_rates(fakes, "", name, min_fraction))
         resolution = fakes.shape[-1]
@@ -417,8 +422,7 @@ def face_part_agreement_rates(renderer: Renderer, parsing_renderer: Renderer, da
     labels = dataset_labels(dataset)
     results = {}
     for name in AGREEMENT_BINS:
-        gen = torch.Generator().manual_seed(bin_seed(seed, name))
-        cams = sample_cameras(labels[_bin_mask(labels, name)], num_gen, gen)
+        cams, gen = _bin_draw(labels, name, num_gen, seed)
         twin = torch.Generator()
         twin.set_state(gen.get_state())
         probs, fractions = [], []

@@ -118,7 +118,7 @@ def generator_renderer(G, device, truncation_psi: float = 1.0, resolution: Optio
         raise MetricError(f"unknown renderer output {output!r}; choose 'image' or 'parsing'")
     if output == "parsing" and not getattr(G, "parsing_flag", False):
         raise MetricError("this network has no parsing head, so it renders no parsing maps "
-                          "(the parsing-face-rate-bins metric needs one)")
+                          "(parsing-face-rate-bins and face-part-agreement need one)")
 
     @torch.no_grad()
     def render(cameras: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
