@@ -80,7 +80,8 @@ def results_folder(network: str) -> str:
 @click.option("--feature-steps", type=click.IntRange(min=1), default=None,
               help="Training steps of the --features parsing net  [default: 600]")
 @click.option("--detector-steps", type=click.IntRange(min=1), default=None,
-              help="Training steps of the face-part detector (artifact-rate, face-rate-bins)  [default: 3000]")
+              help="Training steps of the face-part detector (artifact-rate, face-rate-bins, "
+                   "face-part-agreement)  [default: 3000]")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of latents and cameras.")
 @click.option("--batch", type=click.IntRange(min=1), default=16, help="Images per forward pass.")
 @click.option("--device", default="auto", help="auto, cpu or cuda[:N].")
