@@ -378,10 +378,15 @@ def face_part_agreement(probs: torch.Tensor, fractions: torch.Tensor) -> float:
     return float((probs.double() * fractions.double()).sum() / den) if den > 0 else 0.0
 
 
-def _cell_probs(detector: FacePartDetector, images: torch.Tensor, batch: int) -> torch.Tensor:
-    """Face-part probabilities [N, r/4, r/4] of images [N, 3, H, W]."""
-    with torch.no_grad():
-        return torch.cat([torch.sigmoid(detector(x)) for x in images.split(batch)])
+def _batches_agreement(batches, detector: FacePartDetector) -> float:
+    """:func:`face_part_agreement` over ``batches``, an iterable of (images [n, 3, H, W], their class maps
+    [n, H', W']): only the cell probabilities and fractions are kept, not the images."""
+    probs, fractions = [], []
+    for images, maps in batches:
+        with torch.no_grad():
+            probs.append(torch.sigmoid(detector(images)))
+        fractions.append(face_part_fractions(maps, probs[-1].shape[-1]))
+    return face_part_agreement(torch.cat(probs), torch.cat(fractions))
 
 
 def real_face_part_agreement(dataset, detector: FacePartDetector, batch: int = 256) -> Dict[str, float]:
@@ -390,13 +395,17 @@ def real_face_part_agreement(dataset, detector: FacePartDetector, batch: int = 2
     as well as the reals match theirs would reach."""
     require_parsing(dataset, "face-part-agreement (the reals' agreement)")
     labels = dataset_labels(dataset)
+
+    def batches(indices):   # read ``batch`` items at a time: the images are never all in memory
+        for start in range(0, len(indices), batch):
+            items = [dataset[int(i)] for i in indices[start:start + batch]]
+            yield (torch.from_numpy(np.stack([it["image"] for it in items])),
+                   torch.from_numpy(np.stack([it["parsing"] for it in items])))
+
     results = {}
     for name in AGREEMENT_BINS:
-        items = [dataset[int(i)] for i in np.flatnonzero(_bin_mask(labels, name))]
-        probs = _cell_probs(detector, torch.from_numpy(np.stack([it["image"] for it in items])), batch)
-        maps = torch.from_numpy(np.stack([it["parsing"] for it in items]))
-        results[f"real_face_part_agreement_{name}"] = face_part_agreement(
-            probs, face_part_fractions(maps, probs.shape[-1]))
+        results[f"real_face_part_agreement_{name}"] = _batches_agreement(
+            batches(np.flatnonzero(_bin_mask(labels, name))), detector)
     return results
 
 
@@ -425,11 +434,8 @@ def face_part_agreement_rates(renderer: Renderer, parsing_renderer: Renderer, da
         cams, gen = _bin_draw(labels, name, num_gen, seed)
         twin = torch.Generator()
         twin.set_state(gen.get_state())
-        probs, fractions = [], []
-        for c in cams.split(batch):
-            probs.append(_cell_probs(detector, renderer(c, gen), batch))
-            fractions.append(face_part_fractions(parsing_renderer(c, twin), probs[-1].shape[-1]))
-        results[f"face_part_agreement_{name}"] = face_part_agreement(torch.cat(probs), torch.cat(fractions))
+        results[f"face_part_agreement_{name}"] = _batches_agreement(
+            ((renderer(c, gen), parsing_renderer(c, twin)) for c in cams.split(batch)), detector)
     reals = {} if reals is None else reals
     key = ("face-part-agreement", weights_digest(detector))
     if key not in reals:
